@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from typing import Any, TypeVar
 
 import jax.numpy as jnp
@@ -65,40 +66,22 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuilds dataclass ``cls`` from :func:`to_dict` output; nested dataclass fields and tuples too.
+    """Rebuilds dataclass ``cls`` from :func:`to_dict` output (nested dataclasses and tuples too).
 
-    Unknown keys raise ValueError naming them (so a config from a newer version is not silently cut).
+    Unknown keys raise ValueError naming them, so a config from another version is never cut silently.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls, name, None) if name in cls.__dict__ else None
-        ftype = fields[name].type
-        if dataclasses.is_dataclass(default) or (isinstance(value, dict) and _dataclass_of(ftype)):
-            value = from_dict(_dataclass_of(ftype) or type(default), value)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            value = from_dict(hints[name], value)
         elif isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
-
-
-def _dataclass_of(ftype: Any) -> type | None:
-    """Resolves a field's annotation (possibly a string) to a dataclass type defined here, if any."""
-    if isinstance(ftype, str):
-        ftype = globals().get(ftype) or _REGISTRY.get(ftype)
-    return ftype if dataclasses.is_dataclass(ftype) else None
-
-
-_REGISTRY: dict[str, type] = {"ModelConfig": ModelConfig}
-
-
-def register(cls: type[T]) -> type[T]:
-    """Makes a dataclass defined elsewhere resolvable by name inside :func:`from_dict`."""
-    _REGISTRY[cls.__name__] = cls
-    return cls
 
 
 def format_config(config: Any, title: str = "config") -> str:
@@ -115,3 +98,111 @@ def format_config(config: Any, title: str = "config") -> str:
 
     walk(to_dict(config), "  ")
     return "\n".join(lines)
+
+
+PRESETS = ("reference", "modern", "shapes")
+# The reference's fixed learning rates (summed loss) and iteration counts per variant.
+REFERENCE_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}
+REFERENCE_STEPS = {"fcn32s": 100_000, "fcn16s": 100_000, "fcn8s": 100_000, "fcn8s-atonce": 300_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; printed at start and stored with every checkpoint.
+
+    Data: ``mode`` 'reference' (whole images padded to bucket shapes, no augmentation) or 'modern'
+    (random scale, crop ``crop_size``, flip). Loss: 'sum' over non-void pixels (the reference) or
+    'mean'. Optimiser: SGD with momentum (or AdamW), weight decay on weights only, biases at
+    ``bias_lr_mult`` x lr without decay; ``schedule`` 'fixed' or 'poly' (power 0.9 to 0).
+    ``batch_size`` is global; ``grad_accum`` splits it into that many sequential micro-batches.
+    ``init``: None (random), 'vgg16:PATH' (ImageNet VGG16) or 'ckpt:DIR' (an earlier stage).
+    """
+
+    model: ModelConfig = ModelConfig()
+    preset: str = "shapes"
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    mode: str = "modern"
+    batch_size: int = 8
+    grad_accum: int = 1
+    crop_size: int = 96
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    bucket_multiple: int = 128
+    preprocessing: str = "caffe"
+    loss: str = "mean"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    schedule: str = "poly"
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 2.0
+    steps: int = 1000
+    init: str | None = None
+    seed: int = 1337
+    log_every: int = 20
+    eval_every: int = 500
+    eval_batch_size: int = 8
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        checks = {
+            "preset": (self.preset, PRESETS), "mode": (self.mode, ("reference", "modern")),
+            "loss": (self.loss, ("sum", "mean")), "optimizer": (self.optimizer, ("sgd", "adamw")),
+            "schedule": (self.schedule, ("fixed", "poly")),
+            "preprocessing": (self.preprocessing, ("caffe", "torchvision")),
+        }
+        for name, (value, choices) in checks.items():
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not one of {choices}")
+        for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
+                     "eval_batch_size", "keep_checkpoints", "crop_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
+        if self.init is not None and not self.init.startswith(("vgg16:", "ckpt:")):
+            raise ValueError(f"init={self.init!r} must be 'vgg16:PATH' or 'ckpt:DIR'")
+
+
+def preset(name: str, variant: str = "fcn32s", **overrides: Any) -> TrainConfig:
+    """The named preset for ``variant``, with field ``overrides`` (``model`` fields go in ``model=``).
+
+    - ``reference``: the Caffe solver exactly: SBD / seg11valid, batch 1 whole image, summed loss, SGD
+      momentum 0.99, fixed lr 1e-10 / 1e-12 / 1e-14 (32s / 16s / 8s; 1e-10 at once), weight decay 5e-4,
+      biases 2x lr without decay, final upsampler frozen, 100k iterations (300k at once), float32.
+    - ``modern``: batch 16 crops of 512 with scale / flip augmentation, mean loss, SGD momentum 0.9 at lr
+      0.01 with poly decay (the recipe of today's segmentation code bases for a loss averaged over
+      pixels), bfloat16 compute.
+    - ``shapes``: the offline demo: the embedded synthetic dataset and a width-1/8 network trained
+      from scratch on CPU in minutes (AdamW, since a plain VGG without ImageNet weights trains slowly
+      with SGD).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    model_overrides = overrides.pop("model", {})
+    if isinstance(model_overrides, ModelConfig):
+        model_overrides = dataclasses.asdict(model_overrides)
+    if name == "reference":
+        model = dict(variant=variant, num_classes=21, dtype="float32", freeze_upsamplers="final")
+        base = dict(preset=name, dataset="voc_segmentation/sbd_fcn", mode="reference", batch_size=1,
+                    loss="sum", optimizer="sgd", lr=REFERENCE_LR[variant], schedule="fixed", momentum=0.99,
+                    weight_decay=5e-4, bias_lr_mult=2.0, steps=REFERENCE_STEPS[variant], flip=False,
+                    log_every=20, eval_every=4000, eval_batch_size=1, checkpoint_every=4000)
+    elif name == "modern":
+        model = dict(variant=variant, num_classes=21, dtype="bfloat16")
+        base = dict(preset=name, dataset="voc_segmentation/voc2012_aug", mode="modern", batch_size=16,
+                    crop_size=512, loss="mean", optimizer="sgd", lr=0.01, schedule="poly", momentum=0.9,
+                    weight_decay=5e-4, steps=40_000, log_every=50, eval_every=4000, eval_batch_size=8,
+                    checkpoint_every=2000)
+    else:
+        model = dict(variant=variant, num_classes=7, width=0.125, dtype="float32")
+        base = dict(preset=name, dataset="shapes", mode="modern", batch_size=8, crop_size=96,
+                    scale_range=(0.75, 1.5), loss="mean", optimizer="adamw", lr=1e-3, schedule="poly",
+                    warmup_steps=50, weight_decay=1e-4, bias_lr_mult=1.0, steps=1000, log_every=20,
+                    eval_every=250, eval_batch_size=8, checkpoint_every=250)
+    model.update(model_overrides)
+    base.update(overrides)
+    return TrainConfig(model=ModelConfig(**model), **base)

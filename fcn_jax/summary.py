@@ -1,0 +1,52 @@
+"""Training logs: one JSON line per record in ``metrics.jsonl`` and TensorBoard event files.
+
+Only the process that owns the writer (process 0 in multi-host runs) writes; others get a no-op.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+
+class SummaryWriter:
+    """Appends ``{"step": ..., **scalars}`` to ``WORKDIR/metrics.jsonl`` and to ``WORKDIR/tensorboard``."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter as TBWriter
+            self._tb = TBWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        """Records float scalars (names like 'train/loss', 'val/mean_iu') at ``step``."""
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in scalars.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+        for name, value in values.items():
+            self._tb.add_scalar(name, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:
+    """All records of a run's ``metrics.jsonl``; a resumed run's repeated steps keep the last record."""
+    path = workdir_or_file
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    records: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                records[(rec["step"], tuple(sorted(k for k in rec if k not in ("step", "time"))))] = rec
+    return sorted(records.values(), key=lambda r: r["step"])

@@ -1,0 +1,340 @@
+"""Training: the loss, the optimiser presets, the jitted data-parallel train step, and the loop.
+
+Plain functions in the style of flax's examples: :func:`create_train_state`, :func:`train_step`
+(made by :func:`make_train_step`) and :func:`train_and_evaluate`. Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+from jax.sharding import Mesh
+
+from fcn_jax import checkpoint as ckpt_lib
+from fcn_jax import parallel
+from fcn_jax.config import ModelConfig, TrainConfig, format_config, to_dict
+from fcn_jax.models import upsampler_names
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible workdir); the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Softmax cross-entropy summed over labelled pixels.
+
+    logits (N, H, W, C) float; labels (N, H, W) int, values outside 0..C-1 (255 = void) ignored.
+    Returns (sum of per-pixel losses, number of labelled pixels), both float32 scalars.
+    """
+    num_classes = logits.shape[-1]
+    valid = (labels >= 0) & (labels < num_classes)
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, per_pixel, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm over every array of ``tree``."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+# ------------------------------------------------------------------------------------------ optimiser
+
+def param_labels(params: Any, model: ModelConfig) -> Any:
+    """Labels every parameter 'weight', 'bias' or 'frozen' (upsamplers frozen by the config)."""
+    ups = upsampler_names(model.variant)
+    frozen = {"none": (), "final": ups[-1:], "all": ups}[model.freeze_upsamplers]
+
+    def label(path: tuple[Any, ...], _: Any) -> str:
+        names = [getattr(p, "key", str(p)) for p in path]
+        if names[0] in frozen:
+            return "frozen"
+        return "bias" if names[-1] == "bias" else "weight"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Learning rate per step: fixed, or poly (power 0.9, to 0 at ``cfg.steps``), after linear warm-up."""
+    if cfg.schedule == "fixed":
+        main = optax.constant_schedule(cfg.lr)
+    else:
+        main = optax.polynomial_schedule(cfg.lr, 0.0, 0.9, max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
+    """The solver: weights get weight decay, biases ``bias_lr_mult`` x lr and no decay, frozen nothing.
+
+    SGD follows Caffe: ``v = momentum * v + lr * (grad + wd * w); w -= v`` (identical for a fixed lr).
+    """
+    schedule = make_schedule(cfg)
+    bias_schedule = lambda step: schedule(step) * cfg.bias_lr_mult  # noqa: E731
+    if cfg.optimizer == "sgd":
+        weight = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                             optax.sgd(schedule, momentum=cfg.momentum))
+        bias = optax.sgd(bias_schedule, momentum=cfg.momentum)
+    else:
+        weight = optax.adamw(schedule, b1=cfg.momentum, weight_decay=cfg.weight_decay)
+        bias = optax.adam(bias_schedule, b1=cfg.momentum)
+    return optax.multi_transform({"weight": weight, "bias": bias, "frozen": optax.set_to_zero()},
+                                 param_labels(params, cfg.model))
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
+    """A fresh TrainState (step 0); ``params`` default to the model's initialisation from ``cfg.seed``."""
+    if params is None:
+        params = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConfig) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch {'image': (B,H,W,3) float, 'label': (B,H,W) int}.
+
+    The batch is split into ``cfg.grad_accum`` micro-batches whose gradients are summed; the loss is
+    the sum over labelled pixels ('sum') or that sum divided by the batch's labelled-pixel count
+    ('mean'), so accumulation and data parallelism give exactly the full-batch gradient.
+    Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+    """
+    images, labels = batch["image"], batch["label"]
+    accum = cfg.grad_accum
+    num_classes = cfg.model.num_classes
+    count = jnp.sum((labels >= 0) & (labels < num_classes)).astype(jnp.float32)
+    scale = 1.0 if cfg.loss == "sum" else 1.0 / jnp.maximum(count, 1.0)
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
+
+    def loss_fn(params: Any, x: jax.Array, y: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
+        total, _ = pixel_cross_entropy(logits, y)
+        return total * scale, total
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if accum == 1:
+        grads, total = grad_fn(state.params, images, labels, key)
+    else:
+        # (B, ...) -> (B/accum, accum, ...): micro-batch i takes rows i, i+accum, ..., which keeps each
+        # device's rows on that device when the batch axis is sharded.
+        split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])  # noqa: E731
+        xs, ys = split(images), split(labels)
+
+        def body(i: jax.Array, carry: tuple[Any, jax.Array]) -> tuple[Any, jax.Array]:
+            g_acc, t_acc = carry
+            g, t = grad_fn(state.params, xs[:, i], ys[:, i], jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, g_acc, g), t_acc + t
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, total = jax.lax.fori_loop(0, accum, body, (zeros, jnp.zeros((), jnp.float32)))
+    new_state = state.apply_gradients(grads=grads)
+    metrics = {"loss": total * scale, "grad_norm": global_norm(grads), "labelled_pixels": count,
+               "lr": make_schedule(cfg)(state.step)}
+    return new_state, metrics
+
+
+def make_train_step(cfg: TrainConfig, mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``train_step`` jitted over ``mesh``: state replicated and donated, batch split on 'data'."""
+    return jax.jit(functools.partial(train_step, cfg=cfg),
+                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                   donate_argnums=0)
+
+
+# ------------------------------------------------------------------------------------ initialisation
+
+def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]:
+    """Parameters to start from and the preprocessing convention they imply (None: no preference).
+
+    ``cfg.init``: None -> the model's initialisation; 'vgg16:PATH' -> ImageNet VGG16 backbone, heads
+    at init; 'ckpt:DIR' -> an earlier stage (e.g. fcn32s for fcn16s): shared layers copied.
+    """
+    from fcn_jax import weights  # the foreign-format readers are only needed here
+
+    params = create_train_state(cfg, model).params
+    if cfg.init is None:
+        return params, None
+    kind, path = cfg.init.split(":", 1)
+    m = cfg.model
+    if kind == "vgg16":
+        variables, meta = weights.load_weights(path, variant=m.variant, num_classes=m.num_classes,
+                                               width=m.width, return_meta=True)
+        return weights.init_from_stage(params, variables["params"]), meta.get("preprocessing")
+    variables, meta = ckpt_lib.load_model(path, "latest")
+    return weights.init_from_stage(params, variables["params"]), meta.get("preprocessing")
+
+
+def _abstract_state(cfg: TrainConfig, model: nn.Module, mesh: Mesh) -> Any:
+    shapes = jax.eval_shape(lambda: create_train_state(cfg, model))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+class _StopRequest:
+    """Turns the first SIGTERM / SIGINT into a request to checkpoint and stop; a second one kills."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """Fetches pending step metrics; raises TrainingError at the first non-finite loss or gradient."""
+    fetched = jax.device_get(pending)
+    for step, m in fetched:
+        if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
+            raise TrainingError(
+                f"non-finite loss ({float(m['loss'])}) or gradient norm ({float(m['grad_norm'])}) at step "
+                f"{step}; stopping. The last checkpoint before it is kept. With the summed loss ('sum') the "
+                f"learning rate must be tiny (the reference uses 1e-10); lower --lr or use --loss mean.")
+    return fetched
+
+
+def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = None,
+                       progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains ``cfg`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    Saves every ``checkpoint_every`` steps, at the end and on SIGTERM / Ctrl-C (then returns early with
+    ``interrupted`` set); validates every ``eval_every`` steps and keeps ``WORKDIR/best``. Returns a
+    summary: final step, last validation scores, interrupted flag.
+    """
+    from tqdm import tqdm
+
+    from fcn_jax import data as data_lib
+    from fcn_jax.data import pipeline
+    from fcn_jax.evaluate import evaluate
+    from fcn_jax.summary import SummaryWriter
+    from fcn_jax.viz import plot_learning_curves
+
+    mesh = mesh or parallel.make_mesh()
+    parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
+    lead = jax.process_index() == 0
+    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir)
+    if ds_meta.num_classes != cfg.model.num_classes:
+        raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
+                            f"{cfg.model.num_classes} (--num-classes)")
+    model = cfg.model.build()
+    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    start = checkpoints.latest_step()
+    if start is None:
+        params, convention = initial_params(cfg, model)
+        if cfg.preprocessing != (convention or cfg.preprocessing):
+            raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
+                                f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
+        state = jax.device_put(create_train_state(cfg, model, params), parallel.replicated(mesh))
+        data_state = None
+        start = 0
+    else:
+        state, saved_meta, data_state = checkpoints.restore(_abstract_state(cfg, model, mesh))
+        saved_model = ckpt_lib.model_config_from_meta(saved_meta)
+        if saved_model != cfg.model:
+            raise TrainingError(f"{workdir} holds a {saved_model} run, not {cfg.model}; use another --workdir")
+        state = state.replace(apply_fn=model.apply, tx=make_optimizer(cfg, state.params))
+        log(f"resuming from step {start} in {workdir}")
+    log(format_config(cfg, "effective config"))
+    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg))
+
+    train_input = pipeline.TrainInput(
+        mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
+        flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, convention=cfg.preprocessing, seed=cfg.seed)
+    train_iter = pipeline.train_iterator(data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir),
+                                         train_input, sharding=parallel.data_sharding(mesh))
+    if data_state is not None:
+        train_iter.set_state(data_state)
+    eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir)
+    step_fn = make_train_step(cfg, mesh)
+    writer = SummaryWriter(workdir, enabled=lead)
+
+    def validate(step: int) -> dict[str, float]:
+        batches = pipeline.eval_batches(eval_source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
+                                        bucket_multiple=cfg.bucket_multiple, sharding=parallel.data_sharding(mesh))
+        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False)
+        scores = {k: float(result.scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
+        writer.write(step, {f"val/{k}": v for k, v in scores.items()})
+        if checkpoints.save_best(step, state.params, meta, scores):
+            log(f"step {step}: new best mean IU {scores['mean_iu']:.4f}")
+        log(f"step {step}: validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return scores
+
+    def save(step: int) -> None:
+        checkpoints.save(step, state, meta, train_iter.get_state())
+
+    scores: dict[str, float] = {}
+    pending: list[tuple[int, dict]] = []
+    window_start, window_images = time.perf_counter(), 0
+    interrupted = False
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
+    try:
+        with _StopRequest() as stop:
+            for step in range(start + 1, cfg.steps + 1):
+                batch = next(train_iter)
+                state, metrics = step_fn(state, batch)
+                pending.append((step, metrics))
+                window_images += cfg.batch_size
+                bar.update(1)
+                boundary = step % cfg.log_every == 0 or step == cfg.steps
+                save_now = step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None
+                eval_now = step % cfg.eval_every == 0 or step == cfg.steps
+                if boundary or save_now or eval_now:
+                    fetched = _check_finite(pending)
+                    pending = []
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_images / max(elapsed, 1e-9)
+                    loss = float(np.mean([float(m["loss"]) for _, m in fetched]))
+                    bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{rate:.1f}")
+                    writer.write(step, {"train/loss": loss, "train/images_per_s": rate,
+                                        "train/lr": float(fetched[-1][1]["lr"]),
+                                        "train/grad_norm": float(fetched[-1][1]["grad_norm"])})
+                    window_start, window_images = time.perf_counter(), 0
+                if save_now:
+                    save(step)
+                if eval_now:
+                    scores = validate(step)
+                    window_start = time.perf_counter()
+                if stop.signal is not None:
+                    checkpoints.wait()
+                    log(f"received signal {stop.signal}: saved step {step} in {workdir}; run again to resume")
+                    interrupted = True
+                    break
+    finally:
+        bar.close()
+        checkpoints.close()
+        writer.close()
+        if hasattr(train_iter, "close"):
+            train_iter.close()
+    if lead and os.path.exists(writer.path) and not interrupted:
+        plot_learning_curves(writer.path, os.path.join(workdir, "learning_curves.png"))
+    return {"step": int(state.step), "scores": scores, "interrupted": interrupted, "workdir": workdir}
