@@ -1,0 +1,412 @@
+"""Input pipeline: grain over a random-access source, sharded per process, resumable, prefetched.
+
+Batches are NHWC: ``image`` (B, H, W, 3) float32 preprocessed per the weights' convention,
+``label`` (B, H, W) int32 with 255 = void. B is the *global* batch; each process builds its
+B / process_count rows and the rows become one global ``jax.Array`` sharded along the mesh's data
+axis (``jax.make_array_from_process_local_data``).
+
+Order (training). The example order is the concatenation of epochs, epoch ``e`` being a
+permutation of the split seeded by (``seed``, ``e``) (grain's ``shuffle`` + ``repeat``).
+Global batch ``i`` is positions ``[i*B, (i+1)*B)`` of that order: no example is dropped and a
+batch may straddle two epochs. Process ``k`` of ``P`` holds rows ``[k*B/P, (k+1)*B/P)`` of every
+global batch and reads only those examples, so the shards are disjoint, cover the split, and the
+global batches do not depend on the number of processes. The augmentation of a position is
+seeded by (``seed``, position), so it too is independent of sharding and of resumption. The
+position is the number of batches consumed: ``TrainIterator.get_state()`` is a small JSON dict,
+and ``set_state`` restarts from there by random access (nothing is replayed).
+
+Modes. ``reference``: whole images, no augmentation, padded to a bucket shape (H and W rounded up
+to ``bucket_multiple``; image padded with 0 = the mean colour after preprocessing, label with
+255). ``modern``: random scale in ``scale_range`` (bilinear image, nearest-neighbour label, same
+sampling grid), random ``crop_size`` square crop (padded as above where the scaled image is
+smaller), random horizontal flip, all applied to image and label together.
+
+Evaluation: full resolution, no resizing; each batch padded to the bucket of its largest image,
+so the jitted step compiles once per bucket shape; the last batch is completed with all-void
+filler rows. Each example appears exactly once over all processes.
+
+Host work (decoding, resizing, cropping, padding; all uint8) runs in grain's thread pool, where
+zlib, PIL and NumPy release the GIL. Batches cross to the device as uint8 and are preprocessed
+there (one small jitted elementwise program per batch shape), which quarters the transfer and
+takes the float conversion off the host. A background thread does the transfer ``prefetch``
+batches ahead. When
+several processes must agree on a padded shape (reference mode and evaluation with
+``jax.process_count() > 1``) that agreement is a collective, so it runs in the caller's thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from grain.experimental import ThreadPrefetchIterDataset
+from PIL import Image
+
+from fcn_jax.data.common import VOID
+from fcn_jax.preprocess import check_convention, preprocess
+
+MODES = ("reference", "modern")
+Example = dict[str, Any]
+HostBatch = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInput:
+    """How training batches are made (the train config's data section)."""
+
+    mode: str = "modern"  # 'reference' | 'modern' (see the module docstring)
+    batch_size: int = 16  # global, split evenly over processes
+    crop_size: int = 512  # modern: square crop side
+    scale_range: tuple[float, float] = (0.5, 2.0)  # modern: uniform random scale
+    flip: bool = True  # modern: random horizontal flip
+    bucket_multiple: int = 128  # reference: pad H and W up to a multiple of this
+    convention: str = "caffe"  # preprocessing: 'caffe' | 'torchvision'
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"TrainInput.mode must be one of {MODES}, got {self.mode!r}")
+        if self.batch_size < 1 or self.crop_size < 1 or self.bucket_multiple < 1:
+            raise ValueError(f"TrainInput sizes must be >= 1, got batch_size={self.batch_size}, "
+                             f"crop_size={self.crop_size}, bucket_multiple={self.bucket_multiple}")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"TrainInput.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        check_convention(self.convention)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-example transforms (NumPy / PIL on the host, uint8 throughout).
+
+def as_uint8(example: Example) -> tuple[np.ndarray, np.ndarray]:
+    """The example's (H, W, 3) uint8 image and (H, W) uint8 label, shapes checked."""
+    image = np.asarray(example["image"])
+    label = np.asarray(example["segmentation"])
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label shape {label.shape} does not match image shape {image.shape}")
+    return image, label.astype(np.uint8, copy=False)
+
+
+def augment(example: Example, rng: np.random.Generator, cfg: TrainInput) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale, crop and flip: uint8 image (h, w, 3) and label (h, w), h, w <= crop size.
+
+    Scaling and cropping are one resampling of the crop window (PIL ``resize`` with a source
+    ``box``), bilinear for the image and nearest-neighbour for the label on the same grid. The
+    crop is smaller than ``crop_size`` where the scaled image is; batching pads it at the bottom
+    and right (image to the mean colour, label to 255).
+    """
+    image, label = as_uint8(example)
+    height, width = label.shape
+    crop = cfg.crop_size
+    scale = rng.uniform(*cfg.scale_range)
+    scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+    y0 = int(rng.integers(0, max(scaled_h - crop, 0) + 1))
+    x0 = int(rng.integers(0, max(scaled_w - crop, 0) + 1))
+    crop_h, crop_w = min(crop, scaled_h - y0), min(crop, scaled_w - x0)
+    sy, sx = height / scaled_h, width / scaled_w
+    box = (x0 * sx, y0 * sy, (x0 + crop_w) * sx, (y0 + crop_h) * sy)
+    image_crop = np.asarray(Image.fromarray(image).resize((crop_w, crop_h), Image.BILINEAR, box=box))
+    label_crop = np.asarray(Image.fromarray(label).resize((crop_w, crop_h), Image.NEAREST, box=box))
+    if cfg.flip and rng.random() < 0.5:
+        image_crop, label_crop = image_crop[:, ::-1], label_crop[:, ::-1]
+    return image_crop, label_crop
+
+
+def bucket_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, int]:
+    """(H, W) covering every size, each rounded up to a multiple of ``multiple`` (>= one multiple)."""
+    height = max([h for h, _ in sizes] + [1])
+    width = max([w for _, w in sizes] + [1])
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def _pad_to(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int] | None = None,
+            multiple: int = 1) -> HostBatch:
+    """:func:`pad_batch` to ``shape``, or to the bucket of the pairs' sizes when ``shape`` is None."""
+    if shape is None:
+        shape = bucket_shape([p[1].shape for p in pairs if p is not None], multiple)
+    return pad_batch(pairs, shape)
+
+
+def pad_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int]) -> HostBatch:
+    """Stacks uint8 (image, label) pairs top-left into ``shape``; None rows are filler.
+
+    Returns the host batch {'image': (B, H, W, 3) uint8, 'label': (B, H, W) uint8 (255 outside
+    the pairs), 'valid': (B, 2) int32 (h, w) of each pair, (0, 0) for filler}. The image outside
+    ``valid`` is undefined until :func:`device_batch` sets it to the mean colour.
+    """
+    images = np.zeros((len(pairs), *shape, 3), np.uint8)
+    labels = np.full((len(pairs), *shape), VOID, np.uint8)
+    valid = np.zeros((len(pairs), 2), np.int32)
+    for row, pair in enumerate(pairs):
+        if pair is not None:
+            image, label = pair
+            images[row, : label.shape[0], : label.shape[1]] = image
+            labels[row, : label.shape[0], : label.shape[1]] = label
+            valid[row] = label.shape
+    return {"image": images, "label": labels, "valid": valid}
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes, devices, threads.
+
+def _process_layout(batch_size: int, process_index: int | None, process_count: int | None) -> tuple[int, int, int]:
+    """(process index, process count, local batch size)."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} out of range for process_count {count}")
+    if batch_size % count:
+        raise ValueError(f"global batch size {batch_size} is not divisible by the process count {count}")
+    return index, count, batch_size // count
+
+
+def _agree_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """The elementwise maximum of ``shape`` over all processes (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return shape
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(shape, np.int32))).reshape(-1, 2)
+    return int(gathered[:, 0].max()), int(gathered[:, 1].max())
+
+
+def _grow(batch: HostBatch, shape: tuple[int, int]) -> HostBatch:
+    """Pads a host batch's image and label (255) at the bottom/right up to ``shape``."""
+    height, width = batch["label"].shape[1:]
+    if (height, width) == shape:
+        return batch
+    pad = ((0, 0), (0, shape[0] - height), (0, shape[1] - width))
+    return dict(batch, image=np.pad(batch["image"], pad + ((0, 0),)),
+                label=np.pad(batch["label"], pad, constant_values=VOID))
+
+
+def _to_device(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    if sharding is None:
+        return jax.device_put(array)
+    return jax.make_array_from_process_local_data(sharding, array)
+
+
+def _preprocess_rows(image: jax.Array, label: jax.Array, valid: jax.Array, *,
+                     convention: str) -> tuple[jax.Array, jax.Array]:
+    """uint8 batch -> float32 network input with 0 (the mean colour) outside ``valid``; int32 labels."""
+    rows = jax.lax.broadcasted_iota(np.int32, label.shape, 1)
+    cols = jax.lax.broadcasted_iota(np.int32, label.shape, 2)
+    inside = (rows < valid[:, 0, None, None]) & (cols < valid[:, 1, None, None])
+    return jnp.where(inside[..., None], preprocess(image, convention), 0.0), label.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_preprocessor(convention: str, sharding: jax.sharding.Sharding | None) -> Callable:
+    """The jitted :func:`_preprocess_rows`, its outputs keeping the batch sharding."""
+    body = functools.partial(_preprocess_rows, convention=convention)
+    return jax.jit(body) if sharding is None else jax.jit(body, out_shardings=(sharding, sharding))
+
+
+def device_batch(host: HostBatch, convention: str,
+                 sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, jax.Array]:
+    """Host uint8 batch -> (image (B, H, W, 3) float32 preprocessed, label (B, H, W) int32).
+
+    Bytes cross to the device as uint8 (a quarter of float32) and the preprocessing runs there,
+    as one jitted elementwise computation (no collectives) per batch shape.
+    """
+    image, label, valid = (_to_device(host[k], sharding) for k in ("image", "label", "valid"))
+    return _device_preprocessor(convention, sharding)(image, label, valid)
+
+
+def _default_threads() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def _open_stream(local: grain.MapDataset, finalize: Callable[[HostBatch], Any], *, background: bool,
+                 prefetch: int, num_threads: int) -> grain.DatasetIterator:
+    """Iterates ``local`` with grain's thread pool; ``finalize`` runs in a prefetch thread if ``background``."""
+    ds = local.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads + 1))
+    if background:
+        ds = ds.map(finalize)
+        if prefetch > 0:
+            ds = ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+    return iter(ds)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training.
+
+class TrainIterator:
+    """Infinite iterator of training batches; see the module docstring for order and state.
+
+    ``next()`` returns {'image': (B, H, W, 3) float32, 'label': (B, H, W) int32} as jax.Arrays
+    (global arrays when a sharding is given). Call ``close()`` (or use ``with``) to stop threads.
+    """
+
+    def __init__(self, local: grain.MapDataset, finalize: Callable[[HostBatch], dict], *, cfg: TrainInput,
+                 num_examples: int, background: bool, prefetch: int, num_threads: int):
+        self._local, self._finalize, self._cfg = local, finalize, cfg
+        self._num_examples = num_examples
+        self._background, self._prefetch, self._num_threads = background, prefetch, num_threads
+        self._step = 0
+        self._iterator: grain.DatasetIterator | None = None
+
+    @property
+    def step(self) -> int:
+        """Number of batches returned so far (the position ``get_state`` saves)."""
+        return self._step
+
+    @property
+    def epoch(self) -> float:
+        """Epochs consumed so far (examples seen / split size)."""
+        return self._step * self._cfg.batch_size / self._num_examples
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._iterator is None:
+            self._iterator = _open_stream(self._local[self._step:], self._finalize, background=self._background,
+                                          prefetch=self._prefetch, num_threads=self._num_threads)
+        batch = next(self._iterator)
+        if not self._background:
+            batch = self._finalize(batch)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """JSON-serialisable position: batches consumed, plus what must match on restore."""
+        return {"step": self._step, "seed": self._cfg.seed, "batch_size": self._cfg.batch_size,
+                "num_examples": self._num_examples}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Continues from ``state`` (from ``get_state``); the next batch is the one that followed it."""
+        mine = self.get_state()
+        for key in ("seed", "batch_size", "num_examples"):
+            if key in state and int(state[key]) != mine[key]:
+                raise ValueError(f"iterator state has {key}={state[key]} but this pipeline has {key}={mine[key]}; "
+                                 "resuming would not reproduce the uninterrupted batches")
+        self.close()
+        self._step = int(state["step"])
+
+    def close(self) -> None:
+        """Stops the worker threads; iteration may resume later from the current position."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+    def __enter__(self) -> TrainIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: threads are daemons anyway
+            pass
+
+
+def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.sharding.Sharding | None = None,
+                   process_index: int | None = None, process_count: int | None = None, prefetch: int = 2,
+                   num_threads: int | None = None) -> TrainIterator:
+    """Training batches from ``source`` (random-access example dicts, e.g. ``load_split(...)``).
+
+    ``sharding``: a NamedSharding splitting the batch axis over the mesh's data axis, or None for
+    plain arrays on the default device. ``process_index`` / ``process_count`` default to jax's;
+    each process reads only its rows. ``num_threads``: host worker threads (default: CPU count).
+    """
+    index, count, local_batch = _process_layout(cfg.batch_size, process_index, process_count)
+    if len(source) == 0:
+        raise ValueError("training source is empty")
+    ordered = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat()
+    if cfg.mode == "modern":
+        pairs = ordered.random_map(lambda example, rng: augment(example, rng, cfg), seed=cfg.seed)
+        batch_fn = functools.partial(_pad_to, shape=(cfg.crop_size, cfg.crop_size))
+    else:
+        pairs = ordered.map(as_uint8)
+        batch_fn = functools.partial(_pad_to, multiple=cfg.bucket_multiple)
+    # The order is infinite, so drop_remainder drops nothing (and keeps grain's length arithmetic integral).
+    batches = pairs.batch(local_batch, drop_remainder=True, batch_fn=batch_fn)
+    local = batches[index::count]  # rows [index*b, (index+1)*b) of every global batch
+    agree = cfg.mode == "reference" and jax.process_count() > 1
+
+    def finalize(batch: HostBatch) -> dict[str, jax.Array]:
+        if agree:
+            batch = _grow(batch, _agree_shape(batch["label"].shape[1:]))
+        image, label = device_batch(batch, cfg.convention, sharding)
+        return {"image": image, "label": label}
+
+    return TrainIterator(local, finalize, cfg=cfg, num_examples=len(source), background=not agree,
+                         prefetch=prefetch, num_threads=num_threads or _default_threads())
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation.
+
+@dataclasses.dataclass
+class EvalBatch:
+    """One evaluation batch. ``image`` / ``label`` are global arrays when sharded; the NumPy fields
+    describe this process's rows: original (h, w) (0 for filler), example index (-1 for filler),
+    file name ('' for filler). Padding and filler rows are all 255 in ``label``."""
+
+    image: jax.Array  # (B, H, W, 3) float32
+    label: jax.Array  # (B, H, W) int32
+    sizes: np.ndarray  # (b, 2) int32
+    names: list[str]
+    indices: np.ndarray  # (b,) int64
+
+
+def _file_name(example: Example) -> str:
+    name = example.get("file_name", "")
+    name = name.item() if isinstance(name, np.ndarray) else name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str, bucket_multiple: int = 128,
+                 sharding: jax.sharding.Sharding | None = None, process_index: int | None = None,
+                 process_count: int | None = None, prefetch: int = 2,
+                 num_threads: int | None = None) -> Iterator[EvalBatch]:
+    """Full-resolution evaluation batches covering every example of ``source`` exactly once.
+
+    Global batch ``i`` holds examples ``[i*B, (i+1)*B)``; process ``k`` holds its rows
+    ``[k*b, (k+1)*b)`` (b = B / process_count) and reads only those. Every process yields
+    ``ceil(len(source) / B)`` batches; missing rows are all-void filler.
+    """
+    check_convention(convention)
+    index, count, local_batch = _process_layout(batch_size, process_index, process_count)
+    total = len(source)
+
+    def local_rows(batch: int) -> HostBatch:
+        rows = [batch * batch_size + index * local_batch + j for j in range(local_batch)]
+        examples = [source[r] if r < total else None for r in rows]
+        host = _pad_to([as_uint8(e) if e is not None else None for e in examples], multiple=bucket_multiple)
+        host["indices"] = np.asarray([r if r < total else -1 for r in rows], np.int64)
+        host["names"] = [_file_name(e) if e is not None else "" for e in examples]
+        return host
+
+    agree = jax.process_count() > 1
+
+    def finalize(host: HostBatch) -> EvalBatch:
+        if agree:
+            host = _grow(host, _agree_shape(host["label"].shape[1:]))
+        image, label = device_batch(host, convention, sharding)
+        return EvalBatch(image=image, label=label, sizes=host["valid"], names=host["names"], indices=host["indices"])
+
+    num_batches = -(-total // batch_size)
+    local = grain.MapDataset.range(num_batches).map(local_rows)
+    return _eval_stream(local, finalize, agree=agree, prefetch=prefetch, num_threads=num_threads or _default_threads())
+
+
+def _eval_stream(local: grain.MapDataset, finalize: Callable[[HostBatch], EvalBatch], *, agree: bool,
+                 prefetch: int, num_threads: int) -> Iterator[EvalBatch]:
+    iterator = _open_stream(local, finalize, background=not agree, prefetch=prefetch, num_threads=num_threads)
+    try:
+        for batch in iterator:
+            yield finalize(batch) if agree else batch
+    finally:
+        iterator.close()
