@@ -1,0 +1,158 @@
+"""eval.py end to end on a checkpoint trained for a few steps on shapes; its JSON; its user errors."""
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fcn_jax import checkpoint, create_model
+from fcn_jax.config import ModelConfig
+from fcn_jax.data import SHAPES_CLASSES, load_split
+from fcn_jax.evaluate import load_for_inference, main
+from fcn_jax.preprocess import preprocess
+from test_evaluate import random_variables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASET = "shapes/tiny"
+JSON_FIELDS = {"checkpoint", "step", "dataset", "split", "commit", "variant", "num_images", "images_per_s",
+               "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "tta", "date"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint dir, data dir): a width-1/16 fcn32s whose score layer took 3 SGD steps on two shapes
+    training images (the head only: a full backward pass compiles too slowly for a unit test)."""
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    train = load_split(DATASET, "train", data_dir=data_dir)
+    images = np.stack([preprocess(train[i]["image"][:40, :40]) for i in range(2)])
+    labels = np.stack([train[i]["segmentation"][:40, :40].astype(np.int32) for i in range(2)])
+    model = create_model("fcn32s", len(SHAPES_CLASSES), width=1 / 16)
+    params = random_variables(model)["params"]
+    optimizer = optax.sgd(1e-3, momentum=0.9)
+
+    @jax.jit
+    def step(head, opt_state, params, images, labels):
+        def loss_fn(head):
+            logits = model.apply({"params": {**params, "score_fr": head}}, images)
+            valid = labels != 255
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+            return jnp.sum(jnp.where(valid, ce, 0)) / jnp.sum(valid)
+
+        loss, grads = jax.value_and_grad(loss_fn)(head)
+        updates, opt_state = optimizer.update(grads, opt_state, head)
+        return optax.apply_updates(head, updates), opt_state, loss
+
+    head, opt_state, losses = params["score_fr"], optimizer.init(params["score_fr"]), []
+    for _ in range(3):
+        head, opt_state, loss = step(head, opt_state, params, images, labels)
+        losses.append(float(loss))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    ckpt = str(tmp_path_factory.mktemp("run") / "model")
+    config = ModelConfig(variant="fcn32s", num_classes=len(SHAPES_CLASSES), width=1 / 16)
+    meta = checkpoint.model_meta(config, SHAPES_CLASSES, "caffe", config={"dataset": DATASET, "data_dir": data_dir})
+    checkpoint.save_model(ckpt, {"params": {**params, "score_fr": jax.device_get(head)}}, meta, step=3)
+    return ckpt, data_dir
+
+
+def check_record(record, ckpt):
+    assert JSON_FIELDS <= set(record)
+    assert record["checkpoint"] == os.path.abspath(ckpt) and record["step"] == 3
+    assert record["dataset"] == DATASET and record["split"] == "validation" and record["variant"] == "fcn32s"
+    assert record["num_images"] == 16 and record["images_per_s"] > 0
+    assert record["commit"] is None or len(record["commit"]) == 40
+    datetime.datetime.fromisoformat(record["date"])
+    assert list(record["per_class_iu"]) == list(SHAPES_CLASSES)
+    ius = [v for v in record["per_class_iu"].values() if v is not None]
+    assert ius and record["mean_iu"] == pytest.approx(np.mean(ius))
+    for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+        assert 0 <= record[key] <= 1, key
+
+
+def test_eval_py_end_to_end(trained, tmp_path):
+    ckpt, data_dir = trained
+    pictures, out = tmp_path / "pictures", tmp_path / "results" / "eval.json"
+    cmd = [sys.executable, os.path.join(ROOT, "eval.py"), "--ckpt", ckpt, "--data-dir", data_dir,
+           "--batch-size", "2", "--bucket-multiple", "32", "--save-predictions", str(pictures),
+           "--num-pictures", "3", "--json", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    check_record(record, ckpt)
+    assert record["tta"] == {"flip": False, "scales": [1.0]} and record["batch_size"] == 2
+    assert "mean IU" in proc.stdout and all(name in proc.stdout for name in SHAPES_CLASSES)
+    files = sorted(os.listdir(pictures))
+    assert len(files) == 6 and sum(f.endswith("_panel.png") for f in files) == 3
+
+
+def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
+    ckpt, _ = trained  # dataset and data directory: the training run's, as recorded in the checkpoint
+    assert main(["--ckpt", ckpt, "--flip", "--scales", "0.75,1", "--batch-size", "4", "--no-progress"]) == 0
+    path = os.path.join(ckpt, "eval_shapes-tiny_validation.json")
+    with open(path) as f:
+        record = json.load(f)
+    check_record(record, ckpt)
+    assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]}
+    assert f"results written to {path}" in capsys.readouterr().out
+    assert checkpoint.load_meta(ckpt)["step"] == 3  # the results file does not disturb the checkpoint
+
+
+def test_eval_user_errors_are_one_line(trained, tmp_path, capsys):
+    ckpt, data_dir = trained
+    bare = str(tmp_path / "bare")
+    config = ModelConfig(variant="fcn32s", num_classes=len(SHAPES_CLASSES), width=1 / 16)
+    checkpoint.save_model(bare, random_variables(create_model("fcn32s", len(SHAPES_CLASSES), width=1 / 16)),
+                          checkpoint.model_meta(config, SHAPES_CLASSES, "caffe"))
+    base = ["--ckpt", ckpt, "--data-dir", data_dir, "--no-progress"]
+    cases = [
+        (base + ["--dataset", "voc_segmentation/sbd_fcn"], "--dataset voc_segmentation/sbd_fcn has 21 classes"),
+        (base + ["--split", "nope"], "--split nope:"),
+        (base + ["--step", "99"], f"--ckpt {ckpt}: no step 99"),
+        (base + ["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--ckpt", str(tmp_path / "missing")], "no such file or directory"),
+        (["--ckpt", bare, "--data-dir", data_dir], "--dataset is required"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("eval.py: error: ") and message in err[0], (argv, err)
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + ["--scales", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scales" in err[0]
+
+
+def test_eval_weights_file(trained, tmp_path, monkeypatch, capsys):
+    import fcn_jax.weights
+    ckpt, data_dir = trained
+    variables, meta = checkpoint.load_model(ckpt)
+    weights = tmp_path / "fcn32s_shapes.pth"
+    weights.write_bytes(b"")
+
+    def load_weights(path, variant=None, num_classes=None, *, return_meta=False, **kwargs):
+        assert path == str(weights) and return_meta
+        return variables, {"model": meta["model"], "preprocessing": "caffe", "format": "test"}  # no class names
+
+    monkeypatch.setattr(fcn_jax.weights, "load_weights", load_weights)
+    argv = ["--ckpt", str(weights), "--dataset", DATASET, "--data-dir", data_dir, "--batch-size", "2",
+            "--bucket-multiple", "32", "--no-progress"]
+    assert main(argv) == 0
+    with open(tmp_path / "fcn32s_shapes_eval_shapes-tiny_validation.json") as f:
+        record = json.load(f)
+    assert record["step"] is None and record["dtype"] == "float32" and record["num_images"] == 16
+    assert list(record["per_class_iu"]) == [f"class_{i}" for i in range(len(SHAPES_CLASSES))]
+    assert "class names differ" in capsys.readouterr().err
+
+
+def test_dtype_is_the_only_model_override(trained):
+    loaded = load_for_inference(trained[0], "latest", dtype="bfloat16")
+    assert loaded.config.dtype == "bfloat16" and loaded.model.dtype == jnp.bfloat16
+    assert loaded.config.width == 1 / 16 and loaded.step == 3 and loaded.convention == "caffe"
+    assert loaded.class_names == tuple(SHAPES_CLASSES)

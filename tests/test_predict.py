@@ -1,0 +1,113 @@
+"""predict.py on images of odd modes and sizes, a corrupt file, a missing one; image-mode conversions."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcn_jax import checkpoint, create_model
+from fcn_jax.config import ModelConfig
+from fcn_jax.predict import find_images, load_image, to_rgb
+from test_evaluate import random_variables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ("background", "disc", "square", "triangle")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = ModelConfig(variant="fcn32s", num_classes=len(CLASSES), width=1 / 16)
+    path = str(tmp_path_factory.mktemp("ckpt") / "model")
+    checkpoint.save_model(path, random_variables(create_model("fcn32s", len(CLASSES), width=1 / 16)),
+                          checkpoint.model_meta(config, CLASSES, "caffe", source="test"))
+    return path
+
+
+def exif_rotated(size, orientation):
+    image = Image.new("RGB", size, (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, size[0] // 2, size[1] // 4))  # a blue block at the top left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return image, exif
+
+
+def test_to_rgb_modes(tmp_path):
+    gray16 = Image.fromarray(np.array([[0, 257 * 100, 65535]], np.uint16))
+    assert gray16.mode.startswith("I;16")
+    np.testing.assert_array_equal(to_rgb(gray16)[0, :, 0], [0, 100, 255])
+    np.testing.assert_array_equal(to_rgb(Image.fromarray(np.array([[0, 70000]], np.int32)))[0, :, 1], [0, 255])
+    np.testing.assert_array_equal(to_rgb(Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)))[0, :, 2],
+                                  [0, 128, 255])
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[0, 1] = (10, 20, 30, 255)  # pixel 0 fully transparent -> white
+    np.testing.assert_array_equal(to_rgb(Image.fromarray(rgba, "RGBA")), [[[255, 255, 255], [10, 20, 30]]])
+    for mode in ("L", "LA", "P", "CMYK", "1", "YCbCr"):
+        out = to_rgb(Image.new(mode, (5, 3)))
+        assert out.shape == (3, 5, 3) and out.dtype == np.uint8, mode
+    image, exif = exif_rotated((40, 20), 6)  # 6: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "r.jpg", quality=95, exif=exif)
+    rotated = load_image(str(tmp_path / "r.jpg"))
+    assert rotated.shape == (40, 20, 3)
+    assert rotated[2, -3, 2] > 150 and rotated[-3, 2, 0] > 150  # the blue block is now at the top right
+
+
+def test_find_images(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "a.JPG").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    found = list(find_images([str(tmp_path), str(tmp_path / "notes.txt"), str(tmp_path / "empty"), "nope.png"]))
+    assert [(os.path.basename(p), e) for p, e in found] == [
+        ("a.JPG", None), ("b.png", None), ("notes.txt", None),
+        ("empty", "directory holds no image files"), ("nope.png", "no such file or directory")]
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(str(tmp_path / "notes.txt"))
+
+
+def test_predict_cli_odd_images_and_a_corrupt_file(model_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(inputs / "rgb.png")
+    Image.fromarray((rng.integers(0, 65536, (29, 31))).astype(np.uint16)).save(inputs / "gray16.png")
+    Image.fromarray(rng.integers(0, 256, (1, 1, 4), dtype=np.uint8), "RGBA").save(inputs / "dot.png")
+    Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8)).convert("P").save(inputs / "pal.gif")
+    image, exif = exif_rotated((53, 37), 8)
+    image.convert("CMYK").save(inputs / "cmyk_rotated.jpg", exif=exif)
+    good = (inputs / "rgb.png").read_bytes()
+    (inputs / "corrupt.png").write_bytes(good[: len(good) // 2])
+    (inputs / "rgb.jpg").write_bytes((inputs / "cmyk_rotated.jpg").read_bytes())  # same stem as rgb.png
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "predict.py"), "--ckpt", model_dir, str(inputs),
+           str(tmp_path / "missing.png"), "--out", str(out), "--probs"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("predict.py: error:")]
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert "corrupt.png" in errors[0] and "missing.png: no such file or directory" in errors[1]
+    expected = {"rgb": (53, 37), "rgb_2": (37, 53), "gray16": (29, 31), "dot": (1, 1), "pal": (37, 53),
+                "cmyk_rotated": (53, 37)}  # rgb.jpg comes first: rgb.png gets the stem rgb_2
+    for stem, (h, w) in expected.items():
+        with Image.open(out / f"{stem}.png") as label:
+            assert label.mode == "P" and label.size == (w, h), stem
+            values = np.asarray(label)
+        with Image.open(out / f"{stem}_overlay.png") as picture:
+            assert picture.mode == "RGB" and picture.width > w and picture.height >= h
+        probs = np.load(out / f"{stem}_probs.npy")
+        assert probs.shape == (h, w, len(CLASSES)) and probs.dtype == np.float16
+        np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1, atol=1e-2)
+        chosen = np.take_along_axis(probs, values[..., None].astype(np.int64), -1)[..., 0]
+        assert (chosen >= probs.max(-1) - 2e-3).all()  # the label is the argmax (up to float16 rounding)
+    assert not (out / "corrupt.png").exists()
+    assert len(proc.stdout.splitlines()) == len(expected)
+
+
+def test_predict_usage_errors(model_dir, tmp_path, capsys):
+    from fcn_jax.predict import main
+    assert main(["--ckpt", str(tmp_path / "nothing"), "x.png", "--out", str(tmp_path)]) == 2
+    assert main(["--ckpt", model_dir, "x.png", "--out", str(tmp_path), "--alpha", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"predict.py: error: --ckpt {tmp_path / 'nothing'}: no such file or directory",
+                   "predict.py: error: --alpha must lie in [0, 1], got 2.0"]
