@@ -46,7 +46,7 @@ FLAGS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__,
+    p = cli.ArgumentParser(prog="train.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="fcn32s", choices=VARIANTS, help="network variant (default fcn32s)")
     p.add_argument("--preset", default="shapes", choices=PRESETS,

@@ -1,11 +1,12 @@
 """Shared command-line plumbing: one-line errors with exit code 2, and config files as data."""
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 USAGE_ERROR = 2
 
@@ -51,3 +52,10 @@ def read_json_file(path: str, flag: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{flag} {path}: expected a JSON object of config fields")
     return data
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``PROG: error: MESSAGE (see --help)``, exit 2) instead of usage."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")

@@ -198,8 +198,10 @@ def preset(name: str, variant: str = "fcn32s", **overrides: Any) -> TrainConfig:
                     weight_decay=5e-4, steps=40_000, log_every=50, eval_every=4000, eval_batch_size=8,
                     checkpoint_every=2000)
     else:
-        model = dict(variant=variant, num_classes=7, width=0.125, dtype="float32")
+        model = dict(variant=variant, num_classes=7, width=0.125, padding="same", dropout_rate=0.0,
+                     dtype="float32")
         base = dict(preset=name, dataset="shapes", mode="modern", batch_size=8, crop_size=96,
+                    preprocessing="torchvision",
                     scale_range=(0.75, 1.5), loss="mean", optimizer="adamw", lr=1e-3, schedule="poly",
                     warmup_steps=50, weight_decay=1e-4, bias_lr_mult=1.0, steps=1000, log_every=20,
                     eval_every=250, eval_batch_size=8, checkpoint_every=250)

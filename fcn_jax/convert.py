@@ -13,22 +13,16 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
-from fcn_jax.cli import USAGE_ERROR, UsageError, user_errors
+from fcn_jax.cli import ArgumentParser, UsageError, user_errors
 from fcn_jax.models import VARIANTS
 from fcn_jax.preprocess import CONVENTIONS
 
 PROG = "python -m fcn_jax.convert"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Convert FCN or VGG16 weights (pytorch-fcn .pth, torchvision / Keras VGG16, or the same\n"
                     "tensors as .npz / .safetensors) into an fcn-jax model checkpoint directory that records\n"

@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from fcn_jax import checkpoint
-from fcn_jax.cli import USAGE_ERROR, UsageError, user_errors
+from fcn_jax.cli import ArgumentParser, UsageError, user_errors
 from fcn_jax.config import DTYPES, ModelConfig
 from fcn_jax.metrics import ConfusionAccumulator, confusion_matrix, format_table, scores
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh, put_replicated, replicated
@@ -287,13 +287,6 @@ def load_for_inference(path: str, step: str | int = "best", dtype: str | None = 
 
 # ---------------------------------------------------------------------------------------------------
 # Command-line tools' shared parsing
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``PROG: error: MESSAGE``, exit 2) instead of usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_step(text: str) -> str | int:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
-from fcn_jax.cli import UsageError
-from fcn_jax.evaluate import (ArgumentParser, LoadedModel, add_model_flags, as_variables, class_scores,
+from fcn_jax.cli import ArgumentParser, UsageError
+from fcn_jax.evaluate import (LoadedModel, add_model_flags, as_variables, class_scores,
                               is_single_pass, load_for_inference, run_cli)
 from fcn_jax.preprocess import preprocess
 from fcn_jax.viz import colorize, overlay

@@ -46,7 +46,9 @@ def read_metrics(workdir_or_file: str) -> list[dict[str, Any]]:
     records: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
     with open(path) as f:
         for line in f:
-            if line.strip():
+            try:
                 rec = json.loads(line)
-                records[(rec["step"], tuple(sorted(k for k in rec if k not in ("step", "time"))))] = rec
+            except json.JSONDecodeError:  # a line being written right now
+                continue
+            records[(rec["step"], tuple(sorted(k for k in rec if k not in ("step", "time"))))] = rec
     return sorted(records.values(), key=lambda r: r["step"])

@@ -102,7 +102,8 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformatio
 def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
     """A fresh TrainState (step 0); ``params`` default to the model's initialisation from ``cfg.seed``."""
     if params is None:
-        params = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+        init = jax.jit(model.init)  # one compiled program (cacheable) instead of many small dispatches
+        params = init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params))
 
 
@@ -166,7 +167,7 @@ def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]
     """
     from fcn_jax import weights  # the foreign-format readers are only needed here
 
-    params = create_train_state(cfg, model).params
+    params = create_train_state(cfg, model).params  # the model's own init for layers a source lacks
     if cfg.init is None:
         return params, None
     kind, path = cfg.init.split(":", 1)

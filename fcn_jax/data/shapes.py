@@ -25,9 +25,11 @@ Class is never given away by colour, so a model must use shape and context; thin
 objects reward the finer FCN heads.
 
 Scenes are deterministic: example ``i`` of a split depends only on (``seed``, split, ``i``).
-Configs: ``default`` (1,000 train / 200 validation, sides 64..128 px; builds in seconds),
-``tiny`` (48 / 16, 40..72 px) and ``large`` (8,000 / 800, 192..384 px); any other size through
-``ShapesConfig(name=..., num_train=..., num_validation=..., min_size=..., max_size=...)``.
+Configs: ``default`` (1,000 train / 200 validation, sides 64..128 px, ``clutter=False``: grey
+gradient backgrounds and solid saturated objects, so a width-1/8 network learns it on 2 CPU cores in minutes;
+builds in seconds), ``tiny`` (48 / 16, 40..72 px, no clutter) and ``large`` (8,000 / 800,
+192..384 px, with clutter: for accelerators); any other size through
+``ShapesConfig(name=..., num_train=..., num_validation=..., min_size=..., max_size=..., clutter=...)``.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
     min_size: int = 64
     max_size: int = 128
     max_objects: int = 6
+    clutter: bool = True  # textured backgrounds, clutter lines, speckles, textured objects, more noise
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,8 +69,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 
 CONFIGS = (
-    ShapesConfig(name="default", description="1,000 train / 200 validation scenes, sides 64..128 px."),
-    ShapesConfig(name="tiny", num_train=48, num_validation=16, min_size=40, max_size=72,
+    ShapesConfig(name="default", clutter=False,
+                 description="1,000 train / 200 validation clean scenes, sides 64..128 px: the CPU demo."),
+    ShapesConfig(name="tiny", num_train=48, num_validation=16, min_size=40, max_size=72, clutter=False,
                  description="48 / 16 scenes, sides 40..72 px: smoke tests."),
     ShapesConfig(name="large", num_train=8000, num_validation=800, min_size=192, max_size=384, max_objects=10,
                  description="8,000 / 800 scenes, sides 192..384 px: accelerator runs."),
@@ -175,6 +179,13 @@ def _random_colour(rng: np.random.Generator, avoid: np.ndarray | None = None, mi
     return colour
 
 
+def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
+    """A vivid RGB colour (float32, 0..255): random hue, saturation 0.6..1, value 0.55..1."""
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)
+    rgb = np.clip(np.abs((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)  # hue -> RGB ramp
+    return ((1 - sat + sat * rgb) * val * 255).astype(np.float32)
+
+
 def _texture(rng: np.random.Generator, colour: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """(bh, bw, 3) float32 fill for an object: solid, stripes, checker or noise around ``colour``."""
     y0, y1, x0, x1 = box
@@ -190,11 +201,15 @@ def _texture(rng: np.random.Generator, colour: np.ndarray, box: tuple[int, int, 
     return fill
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) float32 background and its base colour."""
-    base = rng.uniform(20, 235, 3).astype(np.float32)
+def _background(rng: np.random.Generator, height: int, width: int,
+                clutter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float32 background and its base colour (a plain gradient when not ``clutter``)."""
     ys = np.linspace(-1, 1, height, dtype=np.float32)[:, None, None]
     xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :, None]
+    if not clutter:  # a grey gradient: background is told apart locally (objects are saturated)
+        base = np.full(3, rng.uniform(40, 215), np.float32)
+        return base + ys * rng.uniform(-30, 30) + xs * rng.uniform(-30, 30), base
+    base = rng.uniform(20, 235, 3).astype(np.float32)
     gy, gx, gb = (rng.uniform(-r, r, 3).astype(np.float32) for r in (40, 40, 35))
     image = base + ys * gy + xs * gx + _smooth_noise(rng, height, width, int(rng.integers(2, 6)))[..., None] * gb
     if rng.random() < 0.3:
@@ -222,11 +237,15 @@ def _object_params(rng: np.random.Generator, kind: int, height: int, width: int)
     return p, r
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int,
-                 max_objects: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (H, W, 3) uint8 RGB image and (H, W) uint8 label (0..6, 255 = void)."""
-    image, base = _background(rng, height, width)
-    for _ in range(int(rng.integers(1, 6))):  # clutter: wavy 1-px lines, never labelled
+def render_scene(rng: np.random.Generator, height: int, width: int, max_objects: int = 6,
+                 clutter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (H, W, 3) uint8 RGB image and (H, W) uint8 label (0..6, 255 = void).
+
+    Without ``clutter``: a grey gradient background and solid, saturated objects of random hue, light
+    noise; shapes, sizes, occlusion and void bands are the same.
+    """
+    image, base = _background(rng, height, width, clutter)
+    for _ in range(int(rng.integers(1, 6)) if clutter else 0):  # clutter: wavy 1-px lines, never labelled
         p = {"cy": rng.uniform(0, height), "cx": rng.uniform(0, width), "angle": rng.uniform(0, np.pi),
              "r": rng.uniform(0.15, 0.5) * min(height, width), "width": rng.uniform(0.7, 1.3),
              "amp": rng.uniform(0, 4), "phase": rng.uniform(0, 2 * np.pi)}
@@ -235,7 +254,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
         if box is not None:
             y0, y1, x0, x1 = box
             image[y0:y1, x0:x1] += (_random_colour(rng) - image[y0:y1, x0:x1]) * _coverage(_sdf(0, p, box))
-    speckles = rng.random((height, width)) < rng.uniform(0, 0.01)
+    speckles = rng.random((height, width)) < (rng.uniform(0, 0.01) if clutter else 0.0)
     image[speckles] = rng.uniform(0, 255, (int(speckles.sum()), 3))
 
     label = np.zeros((height, width), np.uint8)
@@ -250,10 +269,13 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
         region = label[y0:y1, x0:x1]
         region[np.abs(sdf) <= _HALF_DIAGONAL] = VOID  # the boundary may cross the pixel: mixed
         region[sdf < -_HALF_DIAGONAL] = kind  # the whole pixel lies inside
-        fill = _texture(rng, _random_colour(rng, avoid=base), box)
+        if clutter:
+            fill = _texture(rng, _random_colour(rng, avoid=base), box)
+        else:
+            fill = np.broadcast_to(_saturated_colour(rng), (y1 - y0, x1 - x0, 3))
         image[y0:y1, x0:x1] += (fill - image[y0:y1, x0:x1]) * _coverage(sdf)
 
-    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(2, 10))
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(2, 10) if clutter else 2.0)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), _separate_classes(label)
 
 
@@ -274,7 +296,7 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, 
     """Example ``index`` of ``split``: {'image': (H, W, 3) uint8, 'segmentation': (H, W) uint8, 'file_name'}."""
     rng = np.random.default_rng((config.seed, _SPLIT_CODES[split], index))
     height, width = (int(v) for v in rng.integers(config.min_size, config.max_size + 1, 2))
-    image, label = render_scene(rng, height, width, config.max_objects)
+    image, label = render_scene(rng, height, width, config.max_objects, config.clutter)
     return {"image": image, "segmentation": label, "file_name": f"{split}_{index:06d}"}
 
 
@@ -285,8 +307,9 @@ class Shapes(SegmentationBuilder):
     for another size (a distinct name per distinct size: the name selects the directory on disk).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "default and tiny configs without clutter, so the CPU demo learns in minutes."}
     BUILDER_CONFIGS = list(CONFIGS)
     DEFAULT_CONFIG_NAME = "default"
     CLASS_NAMES = SHAPES_CLASSES
