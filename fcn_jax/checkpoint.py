@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from fcn_jax.config import ModelConfig, from_dict
@@ -46,9 +45,15 @@ def _manager(directory: str, *, max_to_keep: int | None = None, best: bool = Fal
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def _numpy_restore_args(metadata_tree: Any) -> Any:
-    """Restore arguments that load every array of a saved tree as a host NumPy array."""
-    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
+def _local_target(item_dir: str) -> Any:
+    """Restore target for a saved tree: its shapes and dtypes, placed on this process's first device.
+
+    Restoring onto an explicit target (not the saved shardings) is what lets a checkpoint written by
+    any number of devices or processes load anywhere.
+    """
+    tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
 
 
 def model_meta(model: ModelConfig, class_names: tuple[str, ...] | list[str], preprocessing: str,
@@ -137,15 +142,14 @@ def load_meta(path: str, step: str | int = "best") -> dict[str, Any]:
 def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads ``({'params': ...}, meta)`` from a model checkpoint or a training workdir.
 
-    Arrays come back on the default device, whatever device layout they were saved from.
+    Arrays come back on this process's first device, whatever devices or processes saved them.
     """
     directory, found, kind = resolve(path, step)
     mngr = _manager(directory, read_only=True)
     try:
-        saved = mngr.item_metadata(found)[kind]
+        target = _local_target(os.path.join(directory, str(found), kind))
         restored = mngr.restore(found, args=ocp.args.Composite(**{
-            kind: ocp.args.PyTreeRestore(restore_args=_numpy_restore_args(saved)),
-            "meta": ocp.args.JsonRestore()}))
+            kind: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
     finally:
         mngr.close()
     tree, meta = restored[kind], dict(restored["meta"])
