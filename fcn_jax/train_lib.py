@@ -5,7 +5,6 @@ Plain functions in the style of flax's examples: :func:`create_train_state`, :fu
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
