@@ -242,6 +242,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
     lead = jax.process_index() == 0
+    if not lead:
+        log = lambda _: None  # noqa: E731  (only process 0 reports)
     ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir)
     if ds_meta.num_classes != cfg.model.num_classes:
         raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
