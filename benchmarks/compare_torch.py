@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from fcn_jax import benchmark as bench  # noqa: E402
 from fcn_jax import cli  # noqa: E402
 from fcn_jax.config import DTYPES  # noqa: E402
-from fcn_jax.evaluate import ArgumentParser  # noqa: E402
+from fcn_jax.cli import ArgumentParser  # noqa: E402
 
 # PyTorch mode -> its compute dtype.
 TORCH_MODES = {"eager": "float32", "bf16_cl": "bfloat16", "compile": "float32", "compile_bf16_cl": "bfloat16"}
