@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     from fcn_jax import parallel
+    from fcn_jax.benchmark import apply_cpu_xla_flags
     from fcn_jax.train_lib import TrainingError, train_and_evaluate
 
+    apply_cpu_xla_flags()  # faster CPU convolution gradients on jaxlib 0.10 (see README, Performance)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     workdir = args.workdir or f"runs/{cfg.model.variant}"
     try:

@@ -12,6 +12,8 @@ because encoding PNG/JPEG inside tfds needs TensorFlow, which this project does 
 """
 from __future__ import annotations
 
+import abc
+
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -85,9 +87,9 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             metadata=tfds.core.MetadataDict(class_names=list(self.CLASS_NAMES)),
         )
 
+    @abc.abstractmethod
     def expected_split_sizes(self) -> Mapping[str, int]:
         """{split: number of examples} the current config produces, known before building."""
-        raise NotImplementedError
 
     def prepare(self) -> "SegmentationBuilder":
         """Builds the dataset unless it is already complete on disk; returns ``self``."""
