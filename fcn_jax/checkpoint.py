@@ -104,12 +104,9 @@ def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
         raise CheckpointError(f"step must be 'best', 'latest' or an integer, got {step!r}")
     train_dir, best_dir = os.path.join(path, CHECKPOINTS), os.path.join(path, BEST)
     if os.path.isdir(train_dir) or os.path.isdir(best_dir):  # a training workdir
-        candidates = []
-        if step in ("best", "latest") or isinstance(step, int):
-            if step == "best":
-                candidates = [(best_dir, "variables"), (train_dir, "state")]
-            else:
-                candidates = [(train_dir, "state"), (best_dir, "variables")]
+        candidates = [(train_dir, "state"), (best_dir, "variables")]
+        if step == "best":
+            candidates.reverse()
         for directory, kind in candidates:
             steps = _steps(directory)
             if isinstance(step, int):

@@ -98,11 +98,15 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformatio
 
 # ---------------------------------------------------------------------------------------------- state
 
+def init_params(cfg: TrainConfig, model: nn.Module) -> Any:
+    """The model's own initialisation from ``cfg.seed`` (one compiled program, not many dispatches)."""
+    return jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+
+
 def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
-    """A fresh TrainState (step 0); ``params`` default to the model's initialisation from ``cfg.seed``."""
+    """A fresh TrainState (step 0); ``params`` default to :func:`init_params`."""
     if params is None:
-        init = jax.jit(model.init)  # one compiled program (cacheable) instead of many small dispatches
-        params = init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+        params = init_params(cfg, model)
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params))
 
 
@@ -166,7 +170,7 @@ def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]
     """
     from fcn_jax import weights  # the foreign-format readers are only needed here
 
-    params = create_train_state(cfg, model).params  # the model's own init for layers a source lacks
+    params = init_params(cfg, model)  # the model's own init for layers a source lacks
     if cfg.init is None:
         return params, None
     kind, path = cfg.init.split(":", 1)
