@@ -38,8 +38,7 @@ from jax.sharding import Mesh
 from fcn_jax import cli, parallel
 from fcn_jax.cli import ArgumentParser
 from fcn_jax.config import DTYPES, ModelConfig, TrainConfig, preset
-from fcn_jax.models import VARIANTS
-from fcn_jax.models.vgg import PADDINGS
+from fcn_jax.models import PADDINGS, VARIANTS
 from fcn_jax.train_lib import create_train_state, make_train_step
 
 MODES = ("train", "infer")

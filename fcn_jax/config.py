@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 import jax.numpy as jnp
 
-from fcn_jax.models import FCN, check_variant
-from fcn_jax.models.vgg import PADDINGS
+from fcn_jax.models import FCN, PADDINGS, check_variant
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FREEZE_CHOICES = ("none", "final", "all")

@@ -37,8 +37,7 @@ from flax import traverse_util
 
 from fcn_jax import checkpoint
 from fcn_jax.config import ModelConfig, to_dict
-from fcn_jax.models import VARIANTS, upsampler_names
-from fcn_jax.models.vgg import VGG16_BLOCKS
+from fcn_jax.models import VARIANTS, VGG16_BLOCKS, upsampler_names
 from fcn_jax.preprocess import CAFFE, CONVENTIONS, TORCHVISION
 
 log = logging.getLogger(__name__)
