@@ -1,12 +1,8 @@
 #!/usr/bin/env python
-"""Throughput and MFU of FCN training / inference: ``python benchmark.py --variant fcn8s --mode train``.
-
-The library side is :mod:`fcn_jax.benchmark`; ``python benchmark.py --help`` lists the flags. The
-side-by-side comparison with PyTorch is ``python benchmarks/compare_torch.py`` (dev only).
-"""
+"""``python benchmark.py --help``: a shim for :mod:`fcn_jax.cli.benchmark` (also the console script ``fcn-benchmark``)."""
 import sys
 
-from fcn_jax.benchmark import main
+from fcn_jax.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

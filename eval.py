@@ -1,11 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate an FCN checkpoint with the reference's metrics: ``python eval.py --ckpt PATH [--dataset ...]``.
-
-The library side is :mod:`fcn_jax.evaluate`; ``python eval.py --help`` lists the flags.
-"""
+"""``python eval.py --help``: a shim for :mod:`fcn_jax.cli.eval` (also the console script ``fcn-eval``)."""
 import sys
 
-from fcn_jax.evaluate import main
+from fcn_jax.cli.eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,8 @@
 #!/usr/bin/env python
-"""Segment images with an FCN checkpoint: ``python predict.py --ckpt PATH IMAGE_OR_DIR... --out DIR``.
-
-The library side is :mod:`fcn_jax.predict`; ``python predict.py --help`` lists the flags.
-"""
+"""``python predict.py --help``: a shim for :mod:`fcn_jax.cli.predict` (also the console script ``fcn-predict``)."""
 import sys
 
-from fcn_jax.predict import main
+from fcn_jax.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

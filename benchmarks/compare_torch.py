@@ -38,6 +38,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fcn_jax import benchmark as bench  # noqa: E402
+from fcn_jax import platform  # noqa: E402
+from fcn_jax.cli import benchmark as bench_cli  # noqa: E402
 from fcn_jax import cli  # noqa: E402
 from fcn_jax.config import DTYPES  # noqa: E402
 from fcn_jax.cli import ArgumentParser  # noqa: E402
@@ -271,7 +273,7 @@ def format_table(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="compare_torch.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_benchmark_flags(parser, dtype=False, padding=False)
+    bench_cli.add_benchmark_flags(parser, dtype=False, padding=False)
     parser.add_argument("--modes", type=_csv(bench.MODES), default=bench.MODES, metavar="train,infer",
                         help="what to measure (default: train,infer)")
     parser.add_argument("--jax-dtypes", type=_csv(tuple(DTYPES)), default=tuple(DTYPES), metavar="float32,bfloat16",
@@ -287,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the comparison and prints the markdown table."""
     args = build_parser().parse_args(argv)
-    base = bench.config_from_args(args)
-    bench.apply_cpu_xla_flags()
+    base = bench_cli.config_from_args(args)
+    platform.setup()
     import torch
 
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -301,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = compare(base, args.modes, args.jax_dtypes, args.torch_modes, device, log=log)
     print(format_table(report))
     if args.json:
-        bench.write_json(args.json, report)
+        bench_cli.write_json(args.json, report)
     return 0
 
 

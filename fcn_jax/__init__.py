@@ -2,15 +2,19 @@
 
 Public API::
 
-    model = fcn_jax.create_model("fcn8s", num_classes=21)
-    variables = fcn_jax.load_weights("fcn8s_from_caffe.pth", variant="fcn8s")
-    logits = model.apply(variables, fcn_jax.preprocess(images_uint8_rgb, "caffe"))  # (N, H, W, 21)
+    model, variables, info = fcn_jax.load_model("runs/fcn16s")          # any checkpoint or weights file
+    logits = model.apply(variables, fcn_jax.preprocess(images, info.preprocessing))  # (N, H, W, C)
+    labels = fcn_jax.predict("runs/fcn16s", image)                       # (H, W) int32, full resolution
+
+    model = fcn_jax.create_model("fcn8s", num_classes=21)               # a fresh flax.linen Module
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fcn_jax.config import DTYPES, ModelConfig
+from fcn_jax.inference import Inference, predict
 from fcn_jax.models import FCN, VARIANTS
 from fcn_jax.preprocess import deprocess, preprocess
 
@@ -18,21 +22,42 @@ __version__ = "0.1.0"
 
 
 def create_model(variant: str = "fcn32s", num_classes: int = 21, **options: Any) -> FCN:
-    """Returns the FCN linen module. ``options``: width, padding, dropout_rate, dtype ('float32' |
-    'bfloat16' or a jnp dtype)."""
-    dtype = options.get("dtype")
-    if isinstance(dtype, str):
-        options["dtype"] = DTYPES[ModelConfig(dtype=dtype).dtype]
-    return FCN(variant=variant, num_classes=num_classes, **options)
+    """The FCN linen module. ``options``: width, padding, dropout_rate, dtype ('float32' | 'bfloat16' or a
+    jnp dtype). Validated at once (unknown variant or padding, num_classes < 1, width outside (0, 1])."""
+    dtype = options.pop("dtype", "float32")
+    names = {v: k for k, v in DTYPES.items()}
+    config = ModelConfig(variant=variant, num_classes=num_classes,
+                         dtype=dtype if isinstance(dtype, str) else names.get(dtype, str(dtype)), **options)
+    return config.build()
 
 
-def load_weights(path: str, variant: str | None = None, num_classes: int | None = None, **kwargs: Any):
-    """Flax variables ``{'params': ...}`` from any supported weights file or checkpoint directory.
+def load_model(path: str | os.PathLike, step: str | int = "best", *, dtype: str | None = None,
+               **expected: Any) -> tuple[FCN, dict[str, Any], Any]:
+    """``model, variables, info = load_model(path)``: a ready model from any supported path.
 
-    See :func:`fcn_jax.weights.load_weights` for the formats and arguments.
+    ``path``: a training workdir (``step`` 'best', 'latest' or a number), a converted model checkpoint,
+    or a weights file (pytorch-fcn FCN state dicts; VGG16 files need ``variant=``). ``model`` is the
+    linen module exactly as trained (variant, classes, width, padding, dtype; ``dtype`` may override
+    the compute dtype), ``variables`` is ``{'params': ...}`` and ``info`` a
+    :class:`fcn_jax.loading.ModelInfo` (``class_names``, ``preprocessing``, ``step``, ``config``,
+    ``meta``). ``expected``: variant / num_classes / width / convention the source must match.
     """
-    from fcn_jax.weights import load_weights as _load
-    return _load(path, variant=variant, num_classes=num_classes, **kwargs)
+    from fcn_jax.loading import load
+    variables, info = load(path, step=step, dtype=dtype, **expected)
+    return info.config.build(), variables, info
 
 
-__all__ = ["FCN", "ModelConfig", "VARIANTS", "create_model", "deprocess", "load_weights", "preprocess"]
+def load_weights(path: str | os.PathLike, variant: str | None = None, num_classes: int | None = None, *,
+                 width: float | None = None, convention: str | None = None, step: str | int = "best",
+                 return_meta: bool = False) -> Any:
+    """Flax variables ``{'params': ...}`` from any path :func:`load_model` takes (and ``meta``, the recorded
+    facts, with ``return_meta``). ``variant`` / ``num_classes`` / ``width`` / ``convention`` must agree
+    with what the source records and fill in what it does not (VGG16 files: the head to build)."""
+    from fcn_jax.loading import load
+    variables, info = load(path, step=step, variant=variant, num_classes=num_classes, width=width,
+                           convention=convention)
+    return (variables, dict(info.meta)) if return_meta else variables
+
+
+__all__ = ["FCN", "Inference", "ModelConfig", "VARIANTS", "create_model", "deprocess", "load_model",
+           "load_weights", "predict", "preprocess"]

@@ -1,6 +1,7 @@
 """Throughput and MFU of the real train step and of inference, on synthetic batches already on device.
 
 ``python benchmark.py --variant fcn8s --mode train --batch-size 8 --image-size 512 --dtype bfloat16``
+(the command line is :mod:`fcn_jax.cli.benchmark`)
 
 What is timed is the compiled step only: for ``train``, exactly :func:`fcn_jax.train_lib.make_train_step`
 (the jitted, data-parallel step with the donated TrainState, the 'modern' preset's solver and mean
@@ -18,41 +19,27 @@ Nothing here imports TensorFlow, so the benchmark runs where only jax is install
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
 import re
-import sys
 import time
-from typing import Any, Callable, MutableMapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from fcn_jax import cli, parallel
-from fcn_jax.cli import ArgumentParser
-from fcn_jax.config import DTYPES, ModelConfig, TrainConfig, preset
-from fcn_jax.models import PADDINGS, VARIANTS
+from fcn_jax import configs, parallel
+from fcn_jax.config import ModelConfig, TrainConfig
+from fcn_jax.models import INIT_SHAPE
 from fcn_jax.train_lib import create_train_state, make_train_step
 
 MODES = ("train", "infer")
 VOID_FRACTION = 0.1
-
-# XLA:CPU flags the benchmark sets unless XLA_FLAGS already names them. With jaxlib 0.10 the YNNPACK
-# kernels XLA:CPU picks for convolutions compute the weight gradients of the 3x3 convs 4-5x slower
-# than XLA's own (Eigen) convolutions; leaving convolutions to Eigen makes the full-width fcn8s train
-# step on a 2-core Sapphire Rapids about 1.3x faster (1.8x once fc6 is a matrix product) and costs
-# inference nothing. Only the CPU client reads xla_cpu_* flags. They are set only for the jaxlib
-# releases they were measured with: XLA aborts on a flag it does not know.
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-CPU_XLA_FLAGS_JAXLIB = ("0.10.",)
-
 
 # ------------------------------------------------------------------------------------- device peaks
 
@@ -112,20 +99,6 @@ def peak_flops(device_kind: str, dtype: str, precision: str | None = None) -> fl
     return peak.float32_highest if highest else peak.float32
 
 
-def apply_cpu_xla_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:
-    """Adds :data:`CPU_XLA_FLAGS` to ``XLA_FLAGS`` (those whose name it does not already hold) and
-    returns the ones added. Takes effect only before JAX starts its backends (first device query)."""
-    from jaxlib import version
-
-    if not version.__version__.startswith(CPU_XLA_FLAGS_JAXLIB):
-        return []
-    current = environ.get("XLA_FLAGS", "")
-    added = [flag for flag in CPU_XLA_FLAGS if flag.split("=")[0] not in current]
-    if added:
-        environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-    return added
-
-
 # ------------------------------------------------------------------------------------------- config
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +134,8 @@ class BenchmarkConfig:
 
     def train_config(self, global_batch: int) -> TrainConfig:
         """The 'modern' preset (SGD momentum, mean loss, poly lr) on this network and global batch."""
-        return preset("modern", self.variant, model=self.model_config(), batch_size=global_batch,
-                      crop_size=max(self.image_size), seed=self.seed)
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``--image-size``: '512' -> (512, 512); '480x640' -> (480, 640) (height x width)."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
-    if not match or int(match.group(1)) < 1 or (match.group(2) is not None and int(match.group(2)) < 1):
-        raise argparse.ArgumentTypeError(f"expected a positive size like 512 or 480x640 (HxW), got {text!r}")
-    height = int(match.group(1))
-    return height, int(match.group(2)) if match.group(2) is not None else height
+        return configs.get_config("modern", self.variant, model=dataclasses.asdict(self.model_config()),
+                                  batch_size=global_batch, crop_size=max(self.image_size), seed=self.seed)
 
 
 # ----------------------------------------------------------------------------------------- workloads
@@ -211,7 +175,7 @@ def synthetic_params(model_config: ModelConfig, seed: int = 0) -> Any:
     compiling the model's initialiser (tens of seconds on a small CPU).
     """
     model = model_config.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE)))["params"]
     rng = np.random.default_rng(seed)
 
     def draw(path: tuple[Any, ...], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -417,84 +381,3 @@ def format_result(result: dict[str, Any]) -> str:
         f"{_num(gib(mem.get('temp')), '.2f', ' GiB')}, arguments {_num(gib(mem.get('argument')), '.2f', ' GiB')}",
     ]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-def add_benchmark_flags(parser: argparse.ArgumentParser, *, dtype: bool = True, padding: bool = True) -> None:
-    """The flags that define a measurement (shared with ``benchmarks/compare_torch.py``, which picks
-    its own dtypes and has only the reference padding)."""
-    parser.add_argument("--variant", default="fcn8s", choices=VARIANTS, help="network variant (default fcn8s)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size per device (default 8)")
-    parser.add_argument("--image-size", type=parse_image_size, default=(512, 512), metavar="H[xW]",
-                        help="input size, e.g. 512 or 480x640 (default 512)")
-    if dtype:
-        parser.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES),
-                            help="compute dtype; parameters and loss stay float32 (default bfloat16)")
-    if padding:
-        parser.add_argument("--padding", default="reference", choices=PADDINGS,
-                            help="'reference' (pad 100, Caffe crops; matches the reference weights) or 'same' "
-                                 "(input padded to a multiple of 32, SAME convs, crop back to H x W: 0.58x the "
-                                 "FLOPs of pad 100 at 500x500, 0.3x at 224x224, but no longer the geometry the "
-                                 "reference weights were trained with)")
-    parser.add_argument("--width", type=float, default=1.0,
-                        help="channel width multiplier (1.0 = the real network; smaller for quick CPU runs)")
-    parser.add_argument("--num-classes", type=int, default=21, help="output classes (default 21, VOC)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the parameters and synthetic batch")
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> BenchmarkConfig:
-    """A :class:`BenchmarkConfig` from :func:`add_benchmark_flags`'s flags; errors become UsageError."""
-    fields = dict(variant=args.variant, batch_size=args.batch_size, image_size=tuple(args.image_size),
-                  width=args.width, num_classes=args.num_classes, steps=args.steps, warmup=args.warmup,
-                  seed=args.seed)
-    fields.update({name: getattr(args, name) for name in ("mode", "dtype", "padding") if hasattr(args, name)})
-    fields.update(overrides)
-    try:
-        return BenchmarkConfig(**fields)
-    except ValueError as e:
-        raise cli.UsageError(str(e)) from None
-
-
-def write_json(path: str, data: Any) -> None:
-    """Writes ``data`` as indented JSON to ``path`` ('-' for stdout), creating parent directories."""
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
-    """``benchmark.py``'s flags; bad values give one error line and exit code 2."""
-    parser = ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", default="train", choices=MODES,
-                        help="'train' (the real train step: forward, loss, backward, SGD) or 'infer' (default train)")
-    add_benchmark_flags(parser)
-    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH ('-': stdout)")
-    return parser
-
-
-@cli.user_errors("benchmark.py")
-def main(argv: Sequence[str] | None = None) -> int:
-    """``benchmark.py``: measure one configuration, print a summary, optionally write JSON."""
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    apply_cpu_xla_flags()
-    parallel.initialize_distributed()  # multi-host: auto-detected on TPU pods / SLURM, else nothing
-    result = run_benchmark(cfg)
-    if jax.process_index() == 0:
-        print(format_result(result), file=sys.stderr if args.json == "-" else sys.stdout)
-        if args.json:
-            write_json(args.json, result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

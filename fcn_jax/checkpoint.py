@@ -14,7 +14,10 @@ leaves a checkpoint that looks whole.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -29,6 +32,18 @@ STEP_CHOICES = ("best", "latest")
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing, empty or not of the expected kind."""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keeps Orbax's routine notices about read-only managers and metadata (absl WARNINGs) off the console."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _manager(directory: str, *, max_to_keep: int | None = None, best: bool = False,
@@ -85,11 +100,12 @@ def save_model(directory: str, variables: Any, meta: dict[str, Any], step: int =
 def _steps(directory: str) -> list[int]:
     if not os.path.isdir(directory):
         return []
-    mngr = _manager(directory, read_only=True)
-    try:
-        return list(mngr.all_steps())
-    finally:
-        mngr.close()
+    with _quiet():
+        mngr = _manager(directory, read_only=True)
+        try:
+            return list(mngr.all_steps())
+        finally:
+            mngr.close()
 
 
 def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
@@ -125,30 +141,20 @@ def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
     return path, max(steps), "variables"
 
 
-def load_meta(path: str, step: str | int = "best") -> dict[str, Any]:
-    """Only the JSON metadata of the checkpoint that ``path``/``step`` names."""
-    directory, found, _ = resolve(path, step)
-    mngr = _manager(directory, read_only=True)
-    try:
-        meta = mngr.restore(found, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    finally:
-        mngr.close()
-    return dict(meta, step=meta.get("step", found))
-
-
 def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dict[str, Any]]:
     """Loads ``({'params': ...}, meta)`` from a model checkpoint or a training workdir.
 
     Arrays come back on this process's first device, whatever devices or processes saved them.
     """
-    directory, found, kind = resolve(path, step)
-    mngr = _manager(directory, read_only=True)
-    try:
-        target = _local_target(os.path.join(directory, str(found), kind))
-        restored = mngr.restore(found, args=ocp.args.Composite(**{
-            kind: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
-    finally:
-        mngr.close()
+    with _quiet():
+        directory, found, kind = resolve(path, step)
+        mngr = _manager(directory, read_only=True)
+        try:
+            target = _local_target(os.path.join(directory, str(found), kind))
+            restored = mngr.restore(found, args=ocp.args.Composite(**{
+                kind: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
+        finally:
+            mngr.close()
     tree, meta = restored[kind], dict(restored["meta"])
     meta.setdefault("step", found)
     params = tree["params"]

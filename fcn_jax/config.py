@@ -1,23 +1,36 @@
-"""Configuration as data: frozen dataclasses for the model, and helpers to print and store them.
+"""Configuration as data: frozen, typed dataclasses, validated in one place, printed and stored with runs.
 
-The same :class:`ModelConfig` is written with every checkpoint and read back by eval and predict, so
-train and eval can never disagree on the network.
+:class:`ModelConfig` defines the network and is written with every checkpoint, so training, evaluation,
+prediction and :func:`fcn_jax.load_model` never disagree on it. :class:`TrainConfig` is everything a
+training run depends on; the readable starting points are the files in :mod:`fcn_jax.configs`.
+Each field carries its help text and, where it is a choice, its choices (``metadata``): the command
+line is generated from them, so a flag, a config file and the Python API are validated by the same
+``__post_init__``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
 from typing import Any, TypeVar
 
 import jax.numpy as jnp
 
-from fcn_jax.models import FCN, PADDINGS, check_variant
+from fcn_jax.models import FCN, PADDINGS, VARIANTS
+from fcn_jax.models.registry import validate as validate_model
+from fcn_jax.preprocess import CONVENTIONS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FREEZE_CHOICES = ("none", "final", "all")
 
 T = TypeVar("T")
+
+
+def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with its help text and (optional) choices in ``metadata``."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 def check_dtype(dtype: str) -> str:
@@ -27,36 +40,126 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
+def _validate_fields(config: Any) -> None:
+    """Types (ints accepted for floats, lists for tuples) and choices of every field, named in errors."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = typing.get_args(hint) if union else (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        base = next(a for a in allowed if a is not type(None))
+        if dataclasses.is_dataclass(base):
+            if not isinstance(value, base):
+                raise ValueError(f"{f.name}: expected {base.__name__} fields, got {value!r}")
+            continue
+        origin = typing.get_origin(base) or base
+        if origin is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))
+        elif origin is tuple and isinstance(value, list):
+            object.__setattr__(config, f.name, tuple(value))
+        elif not isinstance(value, origin) or (origin in (int, float) and isinstance(value, bool)):
+            raise ValueError(f"{f.name}: expected {origin.__name__}, got {value!r}")
+        value = getattr(config, f.name)
+        if origin is float and not math.isfinite(value):
+            raise ValueError(f"{f.name}: must be finite, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{f.name}={value!r} is not one of {choices}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """What defines the network.
+    """What defines the network (see :class:`fcn_jax.models.FCN`)."""
 
-    ``freeze_upsamplers``: 'final' (the reference: the last upsampler stays exactly bilinear, the
-    intermediate ones learn), 'all' or 'none'. Frozen layers are excluded from the optimizer.
-    """
-
-    variant: str = "fcn32s"
-    num_classes: int = 21
-    width: float = 1.0
-    padding: str = "reference"
-    dropout_rate: float = 0.5
-    dtype: str = "float32"
-    freeze_upsamplers: str = "final"
+    variant: str = option("fcn32s", "network variant", VARIANTS)
+    num_classes: int = option(21, "output classes (must match the dataset)")
+    width: float = option(1.0, "channel width multiplier in (0, 1] (1.0 = the real network)")
+    padding: str = option("reference", "'reference' (pad 100, Caffe crops) or 'same' (faster, not "
+                          "reference-exact)", PADDINGS)
+    dropout_rate: float = option(0.5, "element-wise dropout after fc6 and fc7 in training")
+    dtype: str = option("float32", "compute dtype (parameters stay float32)", tuple(DTYPES))
+    freeze_upsamplers: str = option("final", "upsamplers excluded from the optimiser: 'final' (the last "
+                                    "one stays bilinear), 'all' or 'none'", FREEZE_CHOICES)
 
     def __post_init__(self) -> None:
-        check_variant(self.variant)
-        check_dtype(self.dtype)
-        if self.padding not in PADDINGS:
-            raise ValueError(f"unknown padding {self.padding!r}; expected one of {PADDINGS}")
-        if self.freeze_upsamplers not in FREEZE_CHOICES:
-            raise ValueError(f"unknown freeze_upsamplers {self.freeze_upsamplers!r}; expected one of {FREEZE_CHOICES}")
-        if self.num_classes < 1 or not 0 < self.width <= 1:
-            raise ValueError(f"need num_classes >= 1 and 0 < width <= 1, got {self.num_classes}, {self.width}")
+        _validate_fields(self)
+        validate_model(self.variant, self.num_classes, self.width, self.padding)
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate: must be in [0, 1), got {self.dropout_rate}")
 
     def build(self) -> FCN:
         """The linen module this config describes."""
         return FCN(variant=self.variant, num_classes=self.num_classes, width=self.width,
                    padding=self.padding, dropout_rate=self.dropout_rate, dtype=DTYPES[self.dtype])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; printed at start, written to ``WORKDIR/config.json`` and
+    stored with every checkpoint. Starting points: :mod:`fcn_jax.configs` (``shapes``, ``reference``,
+    ``modern``). ``batch_size`` is global; ``grad_accum`` splits it into sequential micro-batches."""
+
+    model: ModelConfig = ModelConfig()
+    preset: str = option("custom", "the config file this run started from")
+    dataset: str = option("shapes", "shapes | voc_segmentation/sbd_fcn | voc_segmentation/voc2012 | "
+                          "voc_segmentation/voc2012_aug")
+    data_dir: str | None = option(None, "tensorflow-datasets data directory (default: $TFDS_DATA_DIR or "
+                                  "~/tensorflow_datasets)")
+    mode: str = option("modern", "'reference' (whole images, no augmentation) or 'modern' (scale/crop/flip)",
+                       ("reference", "modern"))
+    batch_size: int = option(8, "global batch size (split over all devices)")
+    grad_accum: int = option(1, "split each batch into this many sequential micro-batches")
+    crop_size: int = option(96, "modern mode: square crop size in pixels")
+    scale_range: tuple[float, float] = option((0.5, 2.0), "modern mode: random scale range, e.g. 0.5,2")
+    flip: bool = option(True, "modern mode: random horizontal flips")
+    bucket_multiple: int = option(128, "whole images are padded to a multiple of this (reference mode, "
+                                  "validation)")
+    preprocessing: str = option("caffe", "input convention (must match --init weights)", CONVENTIONS)
+    loss: str = option("mean", "'sum' over labelled pixels (reference) or 'mean'", ("sum", "mean"))
+    optimizer: str = option("sgd", "'sgd' (momentum) or 'adamw'", ("sgd", "adamw"))
+    lr: float = option(0.01, "base learning rate")
+    schedule: str = option("poly", "'fixed' or 'poly' (power 0.9)", ("fixed", "poly"))
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps")
+    momentum: float = option(0.9, "SGD momentum (Adam beta1)")
+    weight_decay: float = option(5e-4, "weight decay on weights (never on biases)")
+    bias_lr_mult: float = option(2.0, "biases learn at this multiple of the learning rate")
+    steps: int = option(1000, "number of optimiser steps in total (a resumed run continues to this)")
+    init: str | None = option(None, "start from weights: a VGG16 or FCN weights file (.pth / .h5 / .npz / "
+                              ".safetensors), a converted checkpoint or an earlier stage's workdir")
+    seed: int = option(1337, "seed for initialisation, shuffling, augmentation and dropout")
+    log_every: int = option(20, "steps between logged training metrics")
+    eval_every: int = option(500, "steps between validations")
+    eval_batch_size: int = option(8, "validation batch size")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    keep_checkpoints: int = option(3, "number of latest checkpoints kept")
+
+    def __post_init__(self) -> None:
+        _validate_fields(self)
+        for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
+                     "eval_batch_size", "keep_checkpoints", "crop_size", "bucket_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "bias_lr_mult", "momentum"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
+        if self.init is not None:  # 'vgg16:' / 'ckpt:' prefixes of earlier versions are accepted
+            object.__setattr__(self, "init", strip_init_prefix(self.init))
+
+
+def strip_init_prefix(init: str) -> str:
+    """The path of an ``init`` value (earlier versions wrote 'vgg16:PATH' / 'ckpt:DIR')."""
+    for prefix in ("vgg16:", "ckpt:"):
+        if init.startswith(prefix):
+            return init[len(prefix):]
+    return init
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -69,18 +172,43 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
     Unknown keys raise ValueError naming them, so a config from another version is never cut silently.
     """
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping of {cls.__name__} fields, got {data!r}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+        if dataclasses.is_dataclass(hints[name]):
+            if not isinstance(value, dict):
+                raise ValueError(f"{name}: expected a mapping of {hints[name].__name__} fields, got {value!r}")
             value = from_dict(hints[name], value)
-        elif isinstance(value, list):
-            value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def override(config: T, fields: dict[str, Any]) -> T:
+    """``config`` with ``fields`` replaced: nested ones as ``{'model': {...}}`` (or a ModelConfig) or dotted
+    ``'model.width'``.
+
+    Raises ValueError naming the field for unknown names, wrong types and invalid values.
+    """
+    data = to_dict(config)
+    for key, value in fields.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = to_dict(value)
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+            continue
+        *parents, name = key.split(".")
+        node = data
+        for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                raise ValueError(f"unknown config field {key!r}")
+            node = node[parent]
+        node[name] = value
+    return from_dict(type(config), data)
 
 
 def format_config(config: Any, title: str = "config") -> str:
@@ -97,114 +225,3 @@ def format_config(config: Any, title: str = "config") -> str:
 
     walk(to_dict(config), "  ")
     return "\n".join(lines)
-
-
-PRESETS = ("reference", "modern", "shapes")
-# The reference's fixed learning rates (summed loss) and iteration counts per variant.
-REFERENCE_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}
-REFERENCE_STEPS = {"fcn32s": 100_000, "fcn16s": 100_000, "fcn8s": 100_000, "fcn8s-atonce": 300_000}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; printed at start and stored with every checkpoint.
-
-    Data: ``mode`` 'reference' (whole images padded to bucket shapes, no augmentation) or 'modern'
-    (random scale, crop ``crop_size``, flip). Loss: 'sum' over non-void pixels (the reference) or
-    'mean'. Optimiser: SGD with momentum (or AdamW), weight decay on weights only, biases at
-    ``bias_lr_mult`` x lr without decay; ``schedule`` 'fixed' or 'poly' (power 0.9 to 0).
-    ``batch_size`` is global; ``grad_accum`` splits it into that many sequential micro-batches.
-    ``init``: None (random), 'vgg16:PATH' (ImageNet VGG16) or 'ckpt:DIR' (an earlier stage).
-    """
-
-    model: ModelConfig = ModelConfig()
-    preset: str = "shapes"
-    dataset: str = "shapes"
-    data_dir: str | None = None
-    mode: str = "modern"
-    batch_size: int = 8
-    grad_accum: int = 1
-    crop_size: int = 96
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    bucket_multiple: int = 128
-    preprocessing: str = "caffe"
-    loss: str = "mean"
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    schedule: str = "poly"
-    warmup_steps: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bias_lr_mult: float = 2.0
-    steps: int = 1000
-    init: str | None = None
-    seed: int = 1337
-    log_every: int = 20
-    eval_every: int = 500
-    eval_batch_size: int = 8
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-
-    def __post_init__(self) -> None:
-        checks = {
-            "preset": (self.preset, PRESETS), "mode": (self.mode, ("reference", "modern")),
-            "loss": (self.loss, ("sum", "mean")), "optimizer": (self.optimizer, ("sgd", "adamw")),
-            "schedule": (self.schedule, ("fixed", "poly")),
-            "preprocessing": (self.preprocessing, ("caffe", "torchvision")),
-        }
-        for name, (value, choices) in checks.items():
-            if value not in choices:
-                raise ValueError(f"{name}={value!r} is not one of {choices}")
-        for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
-                     "eval_batch_size", "keep_checkpoints", "crop_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
-        if self.init is not None and not self.init.startswith(("vgg16:", "ckpt:")):
-            raise ValueError(f"init={self.init!r} must be 'vgg16:PATH' or 'ckpt:DIR'")
-
-
-def preset(name: str, variant: str = "fcn32s", **overrides: Any) -> TrainConfig:
-    """The named preset for ``variant``, with field ``overrides`` (``model`` fields go in ``model=``).
-
-    - ``reference``: the Caffe solver exactly: SBD / seg11valid, batch 1 whole image, summed loss, SGD
-      momentum 0.99, fixed lr 1e-10 / 1e-12 / 1e-14 (32s / 16s / 8s; 1e-10 at once), weight decay 5e-4,
-      biases 2x lr without decay, final upsampler frozen, 100k iterations (300k at once), float32.
-    - ``modern``: batch 16 crops of 512 with scale / flip augmentation, mean loss, SGD momentum 0.9 at lr
-      0.01 with poly decay (the recipe of today's segmentation code bases for a loss averaged over
-      pixels), bfloat16 compute.
-    - ``shapes``: the offline demo: the embedded synthetic dataset and a width-1/8 network trained
-      from scratch on 2 CPU cores in minutes: 'same' padding (a quarter of pad 100's pixels at this
-      size), unit-variance inputs ('torchvision' convention, as no ImageNet weights set one), no
-      dropout, AdamW with warm-up and poly decay (a plain VGG from scratch learns slowly with SGD).
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    model_overrides = overrides.pop("model", {})
-    if isinstance(model_overrides, ModelConfig):
-        model_overrides = dataclasses.asdict(model_overrides)
-    if name == "reference":
-        model = dict(variant=variant, num_classes=21, dtype="float32", freeze_upsamplers="final")
-        base = dict(preset=name, dataset="voc_segmentation/sbd_fcn", mode="reference", batch_size=1,
-                    loss="sum", optimizer="sgd", lr=REFERENCE_LR[variant], schedule="fixed", momentum=0.99,
-                    weight_decay=5e-4, bias_lr_mult=2.0, steps=REFERENCE_STEPS[variant], flip=False,
-                    log_every=20, eval_every=4000, eval_batch_size=1, checkpoint_every=4000)
-    elif name == "modern":
-        model = dict(variant=variant, num_classes=21, dtype="bfloat16")
-        base = dict(preset=name, dataset="voc_segmentation/voc2012_aug", mode="modern", batch_size=16,
-                    crop_size=512, loss="mean", optimizer="sgd", lr=0.01, schedule="poly", momentum=0.9,
-                    weight_decay=5e-4, steps=40_000, log_every=50, eval_every=4000, eval_batch_size=8,
-                    checkpoint_every=2000)
-    else:
-        model = dict(variant=variant, num_classes=7, width=0.125, padding="same", dropout_rate=0.0,
-                     dtype="float32")
-        base = dict(preset=name, dataset="shapes", mode="modern", batch_size=8, crop_size=96,
-                    preprocessing="torchvision",
-                    scale_range=(0.75, 1.5), loss="mean", optimizer="adamw", lr=1e-3, schedule="poly",
-                    warmup_steps=50, weight_decay=1e-4, bias_lr_mult=1.0, steps=2500, log_every=20,
-                    eval_every=500, eval_batch_size=8, checkpoint_every=500)
-    model.update(model_overrides)
-    base.update(overrides)
-    return TrainConfig(model=ModelConfig(**model), **base)

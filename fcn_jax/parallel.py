@@ -1,11 +1,10 @@
 """Devices: one data-parallel mesh over every device of every process, and its shardings.
 
 Parameters and optimizer state are replicated; batches are split along the leading axis over the
-``'data'`` mesh axis. Multi-host runs call :func:`initialize_distributed` first.
+``'data'`` mesh axis. Multi-host runs start ``jax.distributed`` first (:func:`fcn_jax.platform.setup`).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -13,22 +12,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-
-
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Starts ``jax.distributed`` when this is (or may be) a multi-process run.
-
-    With explicit arguments they are used as given; without, JAX auto-detects the cluster (TPU pods,
-    SLURM, Open MPI) when one of their environments is present; a plain single process does nothing.
-    """
-    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-    if explicit:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-    elif any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                                       "CLOUD_TPU_TASK_ID")):
-        jax.distributed.initialize()
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

@@ -1,4 +1,4 @@
-"""Input conventions: how uint8 RGB images become the network's float input.
+"""Input conventions: how uint8 RGB images become the network's float input; the void label.
 
 Two conventions exist, and the one a set of weights was trained with travels with those weights
 (converted files and checkpoints record it); nothing here guesses.
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+VOID = 255  # the label of ignored pixels (object boundaries, unlabelled areas, padding)
 
 CAFFE = "caffe"
 TORCHVISION = "torchvision"

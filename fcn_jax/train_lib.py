@@ -6,6 +6,7 @@ Plain functions in the style of flax's examples: :func:`create_train_state`, :fu
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -23,7 +24,7 @@ from jax.sharding import Mesh
 from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax import parallel
 from fcn_jax.config import ModelConfig, TrainConfig, format_config, to_dict
-from fcn_jax.models import upsampler_names
+from fcn_jax.models import INIT_SHAPE, upsampler_names
 
 
 class TrainingError(RuntimeError):
@@ -100,7 +101,7 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformatio
 
 def init_params(cfg: TrainConfig, model: nn.Module) -> Any:
     """The model's own initialisation from ``cfg.seed`` (one compiled program, not many dispatches)."""
-    return jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+    return jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), jnp.zeros(INIT_SHAPE, jnp.float32))["params"]
 
 
 def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
@@ -165,22 +166,27 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh) -> Callable[[TrainState, dict]
 def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]:
     """Parameters to start from and the preprocessing convention they imply (None: no preference).
 
-    ``cfg.init``: None -> the model's initialisation; 'vgg16:PATH' -> ImageNet VGG16 backbone, heads
-    at init; 'ckpt:DIR' -> an earlier stage (e.g. fcn32s for fcn16s): shared layers copied.
+    ``cfg.init``: None -> the model's initialisation; a path -> every layer of it that fits copied
+    over the initialisation (:func:`fcn_jax.loading.init_params`: ImageNet VGG16, an earlier stage, an
+    FCN with other classes).
     """
-    from fcn_jax import weights  # the foreign-format readers are only needed here
-
     params = init_params(cfg, model)  # the model's own init for layers a source lacks
     if cfg.init is None:
         return params, None
-    kind, path = cfg.init.split(":", 1)
-    m = cfg.model
-    if kind == "vgg16":
-        variables, meta = weights.load_weights(path, variant=m.variant, num_classes=m.num_classes,
-                                               width=m.width, return_meta=True)
-        return weights.init_from_stage(params, variables["params"]), meta.get("preprocessing")
-    variables, meta = ckpt_lib.load_model(path, "latest")
-    return weights.init_from_stage(params, variables["params"]), meta.get("preprocessing")
+    from fcn_jax import loading
+    params, info = loading.init_params(cfg.model, params, cfg.init)
+    return params, info.preprocessing
+
+
+def write_config(cfg: TrainConfig, workdir: str) -> str:
+    """Writes the effective config to ``WORKDIR/config.json`` (atomically); returns the path."""
+    path = os.path.join(workdir, "config.json")
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_dict(cfg), f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def _abstract_state(cfg: TrainConfig, model: nn.Module, mesh: Mesh) -> Any:
@@ -271,6 +277,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         state = state.replace(apply_fn=model.apply, tx=make_optimizer(cfg, state.params))
         log(f"resuming from step {start} in {workdir}")
     log(format_config(cfg, "effective config"))
+    if lead:
+        write_config(cfg, workdir)
     meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg))
 
     train_input = pipeline.TrainInput(

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-VOID = 255
+
 _MARGIN, _SWATCH = 6, 12
 
 

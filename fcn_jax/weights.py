@@ -1,4 +1,4 @@
-"""Foreign weights -> flax variables for :class:`fcn_jax.models.FCN`, with their preprocessing convention.
+"""Foreign weights -> flax parameters for :class:`fcn_jax.models.FCN`, with their preprocessing convention.
 
 Formats, told apart by their key names whatever the container:
 
@@ -15,7 +15,8 @@ Formats, told apart by their key names whatever the container:
 
 Containers: ``.pth`` / ``.pt`` (``torch.load``; needs torch), ``.npz`` and ``.safetensors`` (the same key
 names and PyTorch / Keras layouts as the source, so no torch is needed), ``.h5`` / ``.hdf5`` (Keras
-``save_weights`` layout), and fcn-jax Orbax model checkpoint directories.
+``save_weights`` layout). fcn-jax checkpoint directories are read by :mod:`fcn_jax.loading`, the one
+loader every tool and the Python API use; this module is its ``load()`` hook for foreign files.
 
 The model's parameters are NHWC-style: conv kernels HWIO, fc6 a (7, 7, C, 4096) conv, fc7 (1, 1, 4096, 4096),
 upsamplers (k, k, C, C) for ``lax.conv_transpose(..., transpose_kernel=True)``. VGG16 sources fill the
@@ -35,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fcn_jax import checkpoint
 from fcn_jax.config import ModelConfig, to_dict
-from fcn_jax.models import VARIANTS, VGG16_BLOCKS, upsampler_names
-from fcn_jax.preprocess import CAFFE, CONVENTIONS, TORCHVISION
+from fcn_jax.models import INIT_SHAPE, VARIANTS, VGG16_BLOCKS, check_variant, upsampler_names
+from fcn_jax.preprocess import CAFFE, TORCHVISION, check_convention
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ FCN_FORMAT = "fcn"
 VGG16_TORCH = "vgg16-torch"
 VGG16_KERAS = "vgg16-keras"
 FORMATS = (FCN_FORMAT, VGG16_TORCH, VGG16_KERAS)
-CHECKPOINT_FORMAT = "checkpoint"
 
 TORCH_SUFFIXES = (".pth", ".pt")
 NPZ_SUFFIXES = (".npz",)
@@ -160,21 +159,8 @@ def param_shapes(variant: str, num_classes: int, width: float = 1.0) -> dict[Pat
     """Shapes of the model's parameters by path (``('backbone', 'fc6', 'kernel')`` ...), without
     computing anything (``jax.eval_shape`` of the init)."""
     model = _config(variant, num_classes, width).build()
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(INIT_SHAPE, jnp.float32))
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes["params"]).items()}
-
-
-def source_layout(fmt: str, variant: str = "fcn32s", num_classes: int = 21,
-                  width: float = 1.0) -> dict[str, tuple[int, ...]]:
-    """The keys and shapes (in the source's own layout) a file of format ``fmt`` must hold for the model.
-
-    E.g. ``source_layout('vgg16-torch')['classifier.0.weight'] == (4096, 25088)``. Ignored keys (the
-    ImageNet classifier) are not listed.
-    """
-    if fmt not in FORMATS:
-        raise WeightsError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
-    shapes = param_shapes(variant, num_classes, width)
-    return {e.key: tuple(e.transform.source_shape(shapes[e.path])) for e in _table(fmt, shapes)}
 
 
 def _config(variant: str, num_classes: int, width: float) -> ModelConfig:
@@ -305,7 +291,10 @@ def _fcn_variant_of(keys: set[str], path: str) -> str | None:
 def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str]) -> tuple[str, str]:
     """(convention, how it was decided) for a file; raises if it cannot be told."""
     if "preprocessing" in file_meta:
-        return _check_convention(file_meta["preprocessing"], f"{path}: recorded preprocessing"), "file metadata"
+        try:
+            return check_convention(file_meta["preprocessing"]), "file metadata"
+        except ValueError as e:
+            raise WeightsError(f"{path}: recorded preprocessing: {e}") from None
     if fmt == FCN_FORMAT:
         return CAFFE, "pytorch-fcn weights are Caffe-converted"
     if fmt == VGG16_KERAS:
@@ -320,12 +309,6 @@ def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str]) -> tup
         f"vgg16_from_caffe.pth) or 'torchvision' (RGB, like vgg16-397923af.pth) input; pass convention=")
 
 
-def _check_convention(convention: str, what: str) -> str:
-    if convention not in CONVENTIONS:
-        raise WeightsError(f"{what}: unknown preprocessing convention {convention!r}; expected one of {CONVENTIONS}")
-    return convention
-
-
 def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
@@ -333,7 +316,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _init_subset(model: Any, paths: list[Path]) -> dict[Path, np.ndarray]:
     """The model's own initial values of ``paths`` only (jit drops the forward pass and the rest)."""
     def init(rng: jax.Array) -> dict[str, jax.Array]:
-        flat = traverse_util.flatten_dict(model.init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"])
+        flat = traverse_util.flatten_dict(model.init(rng, jnp.zeros(INIT_SHAPE, jnp.float32))["params"])
         return {"/".join(p): flat[p] for p in paths}
     values = jax.jit(init)(jax.random.key(0))
     return {p: np.asarray(values["/".join(p)]) for p in paths}
@@ -377,53 +360,29 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
     return traverse_util.unflatten_dict(flat)
 
 
-def _load_checkpoint(path: str, variant: str | None, num_classes: int | None, width: float,
-                     convention: str | None, step: str | int) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        variables, meta = checkpoint.load_model(path, step)
-    except checkpoint.CheckpointError as e:
-        raise WeightsError(str(e)) from None
-    saved = meta.get("model", {})
-    requested = {"variant": variant, "num_classes": num_classes, "width": None if width == 1.0 else width,
-                 "preprocessing": convention}
-    recorded = {**saved, "preprocessing": meta.get("preprocessing")}
-    clashes = [f"{k} {v!r} requested, checkpoint has {recorded.get(k)!r}"
-               for k, v in requested.items() if v is not None and v != recorded.get(k)]
-    if clashes:
-        raise WeightsError(f"{path}: checkpoint does not fit: {'; '.join(clashes)}")
-    return variables, dict(meta, format=CHECKPOINT_FORMAT)
+def load(path: str, variant: str | None = None, num_classes: int | None = None, *, width: float = 1.0,
+         convention: str | None = None, default_variant: str | None = None,
+         default_classes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A weights file -> (params tree (float32 NumPy, HWIO kernels), meta) for an FCN.
 
+    ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5).
+    ``variant`` / ``num_classes``: what the caller needs; pytorch-fcn files record both (by their final
+    upsampler, fcn8s-atonce by 'atonce' in the file name, and ``score_fr``), and a different request is
+    an error. VGG16 files hold no head: they take ``variant`` or ``default_variant`` (required) and
+    ``num_classes`` or ``default_classes`` (else 21). ``width``: the channel multiplier the file is for.
+    ``convention`` overrides the preprocessing decided from the format, the file's metadata or its name.
+    ``meta``: ``model`` (config dict), ``preprocessing``, ``preprocessing_from``, ``format``, ``source``.
 
-def load_weights(path: str, variant: str | None = None, num_classes: int | None = None, *,
-                 width: float = 1.0, convention: str | None = None, return_meta: bool = False,
-                 step: str | int = "best") -> Any:
-    """Flax variables ``{'params': ...}`` (float32 NumPy arrays, HWIO kernels) for an FCN from a file.
-
-    Args:
-      path: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5) or an
-        fcn-jax checkpoint directory (model checkpoint or training workdir).
-      variant: 'fcn32s' | 'fcn16s' | 'fcn8s' | 'fcn8s-atonce'. Inferred from pytorch-fcn files (by the
-        final upsampler; fcn8s-atonce by 'atonce' in the file name) and checkpoints; required for VGG16.
-      num_classes: inferred from pytorch-fcn files (``score_fr``) and checkpoints; 21 for VGG16 files.
-      width: channel multiplier of the model the file is for (1.0 = the real network; reduced widths are
-        for tests and demos). Checkpoints record their own; a value other than 1.0 is checked against it.
-      convention: 'caffe' | 'torchvision' preprocessing, overriding what is decided from the file's
-        format, metadata or name; it must agree with what a checkpoint records.
-      return_meta: also return ``meta`` (``model`` config dict, ``preprocessing``, ``format``, ``source``).
-      step: for checkpoint directories, 'best', 'latest' or a step number.
-
-    Raises:
-      WeightsError: unreadable file, unknown format, or keys / shapes that do not fit the requested model
-        (the message names the keys and both shapes).
+    Raises :class:`WeightsError` naming the file and the offending keys and shapes.
     """
-    if variant is not None and variant not in VARIANTS:
-        raise WeightsError(f"unknown FCN variant {variant!r}; expected one of {VARIANTS}")
-    if convention is not None:
-        _check_convention(convention, "convention")
+    try:
+        if variant is not None:
+            check_variant(variant)
+        if convention is not None:
+            check_convention(convention)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
     path = os.fspath(path)
-    if os.path.isdir(path):
-        variables, meta = _load_checkpoint(path, variant, num_classes, width, convention, step)
-        return (variables, meta) if return_meta else variables
     tensors, file_meta = read_tensors(path)
     fmt = detect_format(tensors, path)
     if fmt == FCN_FORMAT:
@@ -439,8 +398,11 @@ def load_weights(path: str, variant: str | None = None, num_classes: int | None 
                                    f"{file_classes} classes (score_fr.weight has shape "
                                    f"{_shape(tensors['score_fr.weight'].shape)})")
             num_classes = file_classes
-    elif variant is None:
-        raise WeightsError(f"{path}: VGG16 weights hold no FCN head; pass variant= (one of {VARIANTS})")
+    else:
+        variant = variant or default_variant
+        if variant is None:
+            raise WeightsError(f"{path}: VGG16 weights hold no FCN head; pass variant= (one of {VARIANTS})")
+        num_classes = num_classes or default_classes
     num_classes = VGG16_DEFAULT_CLASSES if num_classes is None else num_classes
     detected, how = _detect_convention(fmt, path, file_meta) if convention is None else (convention, "argument")
     params = params_from_tensors(tensors, fmt, variant, num_classes, width, path)
@@ -448,54 +410,8 @@ def load_weights(path: str, variant: str | None = None, num_classes: int | None 
             "preprocessing_from": how, "format": fmt, "source": os.path.abspath(path)}
     log.info("loaded %s weights from %s for %s (%d classes), preprocessing %s (%s)",
              fmt, path, variant, num_classes, detected, how)
-    variables = {"params": params}
-    return (variables, meta) if return_meta else variables
+    return params, meta
 
 
-# ----------------------------------------------------------------------------------------- staged training
-
-def _unwrap(tree: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
-    wrapped = set(tree) == {"params"}
-    return (tree["params"] if wrapped else tree), wrapped
-
-
-def init_from_stage(target_params: Mapping[str, Any], source_params: Mapping[str, Any], *,
-                    return_report: bool = False) -> Any:
-    """Initialise the next stage of the reference's staged training (fcn32s -> fcn16s -> fcn8s).
-
-    ``target_params``: the new model's initial params (e.g. fcn16s from ``model.init``);
-    ``source_params``: the trained previous stage's. Both may also be ``{'params': ...}`` variables (the
-    result is wrapped like ``target_params``). Every array whose path exists in both with equal shape is
-    copied (backbone, ``score_fr``, ``upscore2`` from fcn16s to fcn8s); the others keep their initial values
-    (new skip layers zero, new upsamplers bilinear). Returns the params, or ``(params, report)`` with
-    ``return_report``, report = ``{'copied': [...], 'kept': [...], 'unused': [...]}`` ('a/b/kernel' paths).
-
-    Raises WeightsError if the source's backbone does not match the target's (missing or other shapes).
-    """
-    target, wrapped = _unwrap(target_params)
-    source, _ = _unwrap(source_params)
-    tflat, sflat = traverse_util.flatten_dict(dict(target)), traverse_util.flatten_dict(dict(source))
-    bad = [f"{'/'.join(p)} {'missing' if p not in sflat else f'has shape {_shape(sflat[p].shape)}'}"
-           f" (target {_shape(v.shape)})"
-           for p, v in tflat.items()
-           if p[0] == "backbone" and (p not in sflat or tuple(sflat[p].shape) != tuple(v.shape))]
-    if bad:
-        raise WeightsError(f"source params do not match the target's backbone: {'; '.join(bad)}")
-    out, copied, kept = {}, [], []
-    for p, v in tflat.items():
-        if p in sflat and tuple(sflat[p].shape) == tuple(v.shape):
-            out[p] = sflat[p] if sflat[p].dtype == v.dtype else sflat[p].astype(v.dtype)
-            copied.append("/".join(p))
-        else:
-            out[p] = v
-            kept.append("/".join(p))
-    unused = ["/".join(p) for p in sflat if p not in tflat]
-    log.info("stage init: copied %d arrays; kept at init: %s; unused from source: %s",
-             len(copied), ", ".join(kept) or "none", ", ".join(unused) or "none")
-    params = traverse_util.unflatten_dict(out)
-    result = {"params": params} if wrapped else params
-    return (result, {"copied": copied, "kept": kept, "unused": unused}) if return_report else result
-
-
-__all__ = ["FORMATS", "WeightsError", "detect_format", "init_from_stage", "load_weights", "param_shapes",
-           "params_from_tensors", "read_tensors", "source_layout"]
+__all__ = ["FORMATS", "SUFFIXES", "WeightsError", "detect_format", "load", "param_shapes", "params_from_tensors",
+           "read_tensors"]

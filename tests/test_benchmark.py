@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from fcn_jax import benchmark as bench
+from fcn_jax import platform
+from fcn_jax.cli import benchmark as bench_cli
 from fcn_jax import parallel
 from fcn_jax.config import ModelConfig
 
@@ -167,7 +169,7 @@ def test_cli_train_end_to_end(tmp_path):
     forward = forward_flops(*cfg.image_size, scale=cfg.width)
     assert 2.5 * forward < result["flops_per_image"] < 3.6 * forward
     assert modules and not {"tensorflow", "tensorflow_datasets", "grain", "torch"} & set(modules)
-    assert all(flag in result["xla_flags"] for flag in bench.apply_cpu_xla_flags({}))  # recorded as used
+    assert all(flag in result["xla_flags"] for flag in platform.apply_cpu_xla_flags({}))  # recorded as used
 
 
 def test_cli_infer_shards_over_devices(tmp_path):
@@ -191,7 +193,7 @@ def test_cli_infer_shards_over_devices(tmp_path):
 ])
 def test_usage_errors_are_one_line(args, message, capsys):
     try:
-        code = bench.main(args)
+        code = bench_cli.main(args)
     except SystemExit as e:  # argparse errors
         code = e.code
     err = capsys.readouterr().err.strip()
@@ -223,16 +225,16 @@ def test_peak_flops_by_dtype_and_precision():
 
 @pytest.mark.parametrize("text, size", [("512", (512, 512)), ("480x640", (480, 640)), (" 64 X 32 ", (64, 32))])
 def test_parse_image_size(text, size):
-    assert bench.parse_image_size(text) == size
+    assert bench_cli.parse_image_size(text) == size
 
 
 def test_cpu_xla_flags_keep_the_users():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    added = bench.apply_cpu_xla_flags(env)
+    added = platform.apply_cpu_xla_flags(env)
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *added]
-    assert bench.apply_cpu_xla_flags(env) == []  # idempotent
+    assert platform.apply_cpu_xla_flags(env) == []  # idempotent
     mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
-    assert bench.apply_cpu_xla_flags(mine) == [] and mine["XLA_FLAGS"].endswith("=individual_dot")
+    assert platform.apply_cpu_xla_flags(mine) == [] and mine["XLA_FLAGS"].endswith("=individual_dot")
 
 
 def test_cost_analysis_accepts_dict_or_list():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import fcn_jax
-from fcn_jax import checkpoint, weights
+from fcn_jax import checkpoint
+from source_layouts import source_layout
 from fcn_jax.convert import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def fcn8s_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A width-reduced fcn8s for the 21 VOC classes in pytorch-fcn's key layout."""
     rng = np.random.RandomState(0)
-    layout = weights.source_layout("fcn", "fcn8s", 21, WIDTH)
+    layout = source_layout("fcn", "fcn8s", 21, WIDTH)
     path = tmp_path_factory.mktemp("src") / "fcn8s_from_caffe.npz"
     np.savez(path, **{k: rng.standard_normal(s).astype(np.float32) for k, s in layout.items()})
     return path
@@ -84,7 +85,7 @@ def test_usage_errors(fcn8s_npz: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_class_names_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rng = np.random.RandomState(1)
-    layout = weights.source_layout("fcn", "fcn32s", 3, WIDTH)
+    layout = source_layout("fcn", "fcn32s", 3, WIDTH)
     src = tmp_path / "fcn32s.npz"
     np.savez(src, **{k: rng.standard_normal(s).astype(np.float32) for k, s in layout.items()})
     out = tmp_path / "ckpt"
@@ -92,7 +93,7 @@ def test_class_names_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "names.txt").write_text("sky\n\nroad\ncar\n")
     argv = [str(src), "--out", str(out), "--width", str(WIDTH), "--class-names", str(tmp_path / "names.txt")]
     assert main(argv) == 0
-    assert checkpoint.load_meta(str(out))["class_names"] == ["sky", "road", "car"]
+    assert fcn_jax.load_model(str(out))[2].class_names == ("sky", "road", "car")
     assert "already exists (pass --overwrite" in _error(capsys, argv)
     assert main(argv + ["--overwrite", "--convention", "torchvision"]) == 0
     _, meta = checkpoint.load_model(str(out))

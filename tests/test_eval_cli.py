@@ -12,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from fcn_jax import checkpoint, create_model
+from fcn_jax import checkpoint, create_model, load_model
 from fcn_jax.config import ModelConfig
 from fcn_jax.data import SHAPES_CLASSES, load_split
-from fcn_jax.evaluate import load_for_inference, main
+from fcn_jax.cli.eval import main
 from fcn_jax.preprocess import preprocess
 from test_evaluate import random_variables
 
@@ -100,7 +100,7 @@ def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
     check_record(record, ckpt)
     assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]}
     assert f"results written to {path}" in capsys.readouterr().out
-    assert checkpoint.load_meta(ckpt)["step"] == 3  # the results file does not disturb the checkpoint
+    assert load_model(ckpt)[2].step == 3  # the results file does not disturb the checkpoint
 
 
 def test_eval_user_errors_are_one_line(trained, tmp_path, capsys):
@@ -136,11 +136,11 @@ def test_eval_weights_file(trained, tmp_path, monkeypatch, capsys):
     weights = tmp_path / "fcn32s_shapes.pth"
     weights.write_bytes(b"")
 
-    def load_weights(path, variant=None, num_classes=None, *, return_meta=False, **kwargs):
-        assert path == str(weights) and return_meta
-        return variables, {"model": meta["model"], "preprocessing": "caffe", "format": "test"}  # no class names
+    def load(path, variant=None, num_classes=None, **kwargs):
+        assert path == str(weights)
+        return variables["params"], {"model": meta["model"], "preprocessing": "caffe", "format": "test"}  # no names
 
-    monkeypatch.setattr(fcn_jax.weights, "load_weights", load_weights)
+    monkeypatch.setattr(fcn_jax.weights, "load", load)
     argv = ["--ckpt", str(weights), "--dataset", DATASET, "--data-dir", data_dir, "--batch-size", "2",
             "--bucket-multiple", "32", "--no-progress"]
     assert main(argv) == 0
@@ -152,7 +152,7 @@ def test_eval_weights_file(trained, tmp_path, monkeypatch, capsys):
 
 
 def test_dtype_is_the_only_model_override(trained):
-    loaded = load_for_inference(trained[0], "latest", dtype="bfloat16")
-    assert loaded.config.dtype == "bfloat16" and loaded.model.dtype == jnp.bfloat16
-    assert loaded.config.width == 1 / 16 and loaded.step == 3 and loaded.convention == "caffe"
-    assert loaded.class_names == tuple(SHAPES_CLASSES)
+    model, _, info = load_model(trained[0], "latest", dtype="bfloat16")
+    assert info.config.dtype == "bfloat16" and model.dtype == jnp.bfloat16
+    assert info.config.width == 1 / 16 and info.step == 3 and info.preprocessing == "caffe"
+    assert info.class_names == tuple(SHAPES_CLASSES)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fcn_jax import create_model
-from fcn_jax.evaluate import _mirror, class_scores, evaluate, make_eval_step
+from fcn_jax.evaluate import evaluate, make_eval_step
+from fcn_jax.inference import class_scores, mirror
 from fcn_jax.metrics import scores
 from fcn_jax.parallel import make_mesh, put_replicated
 from fcn_jax.preprocess import preprocess
@@ -130,9 +131,9 @@ def test_bucketing_and_padding_do_not_change_metrics(flip):
 
 def test_flip_mirrors_each_image_within_its_width():
     x = jnp.arange(2 * 1 * 6, dtype=jnp.float32).reshape(2, 1, 6, 1)
-    out = np.asarray(_mirror(x, jnp.array([4, 0])))[..., 0]
+    out = np.asarray(mirror(x, jnp.array([4, 0])))[..., 0]
     np.testing.assert_array_equal(out, [[[3, 2, 1, 0, 4, 5]], [[6, 7, 8, 9, 10, 11]]])
-    np.testing.assert_array_equal(np.asarray(_mirror(_mirror(x, jnp.array([4, 0])), jnp.array([4, 0]))), x)
+    np.testing.assert_array_equal(np.asarray(mirror(mirror(x, jnp.array([4, 0])), jnp.array([4, 0]))), x)
     # The flip pass averages the model's mirrored view: check against explicit NumPy flips.
     model = PixelModel()
     variables = random_variables(model, seed=3)

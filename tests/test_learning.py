@@ -2,7 +2,7 @@
 import numpy as np
 
 from fcn_jax import data
-from fcn_jax.config import preset
+from fcn_jax.configs import get_config
 from fcn_jax.train_lib import train_and_evaluate
 
 STEPS = 600
@@ -11,7 +11,7 @@ MIN_MEAN_IU = 0.25
 
 def test_small_fcn8s_learns_shapes(tmp_path):
     data_dir = str(tmp_path / "tfds")
-    cfg = preset("shapes", "fcn8s", steps=STEPS, eval_every=STEPS, checkpoint_every=STEPS, data_dir=data_dir)
+    cfg = get_config("shapes", "fcn8s", steps=STEPS, eval_every=STEPS, checkpoint_every=STEPS, data_dir=data_dir)
     summary = train_and_evaluate(cfg, str(tmp_path / "run"), progress=False, log=lambda _: None)
     scores = summary["scores"]
     # Independent baseline: predicting background everywhere on the same validation split.

@@ -1,5 +1,6 @@
 """The FCN model family against independent references: naive loops, autodiff identities, sizes."""
 import itertools
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 import fcn_jax
-from fcn_jax.models import VGG16, Upsample, bilinear_filter, conv_transpose, upsampler_names
+from fcn_jax.models import (BACKBONES, FCN, INIT_SHAPE, PADDINGS, VGG16, Upsample, bilinear_filter, check_padding,
+                            check_variant, conv_transpose, get_variant, upsampler_names, validate)
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
 
@@ -99,7 +101,7 @@ def test_vgg_worked_sizes_500():
     # conv1_1 gives 698; pools 349 / 175 / 88 / 44 / 22 (ceil mode); fc6 (7x7 VALID) 16
     assert feats["pool3"].shape == (1, 88, 88, 256)
     assert feats["pool4"].shape == (1, 44, 44, 512)
-    assert feats["fc7"].shape == (1, 16, 16, 4096)
+    assert feats["top"].shape == (1, 16, 16, 4096)  # fc7
 
 
 def test_parameter_count_full_width():
@@ -165,3 +167,165 @@ def test_dropout_only_in_training():
     c = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     d = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
     assert float(jnp.abs(c - d).max()) > 0
+
+
+# ---- layout: parameter tree, backbone geometry, registry, validation --------------------------------------------
+
+BACKBONE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                   "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7")
+# Head parameters at width 0.125 (fc7 512, pool4 64, pool3 32 channels), 21 classes.
+HEAD_PARAMS = {
+    "fcn32s": {"score_fr/kernel": (1, 1, 512, 21), "score_fr/bias": (21,), "upscore/kernel": (64, 64, 21, 21)},
+    "fcn16s": {"score_fr/kernel": (1, 1, 512, 21), "score_fr/bias": (21,),
+               "score_pool4/kernel": (1, 1, 64, 21), "score_pool4/bias": (21,),
+               "upscore2/kernel": (4, 4, 21, 21), "upscore16/kernel": (32, 32, 21, 21)},
+    "fcn8s": {"score_fr/kernel": (1, 1, 512, 21), "score_fr/bias": (21,),
+              "score_pool4/kernel": (1, 1, 64, 21), "score_pool4/bias": (21,),
+              "score_pool3/kernel": (1, 1, 32, 21), "score_pool3/bias": (21,),
+              "upscore2/kernel": (4, 4, 21, 21), "upscore_pool4/kernel": (4, 4, 21, 21),
+              "upscore8/kernel": (16, 16, 21, 21)},
+}
+HEAD_PARAMS["fcn8s-atonce"] = HEAD_PARAMS["fcn8s"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("padding", ["reference", "same"])
+def test_parameter_tree_is_exactly_the_reference_layout(variant, padding):
+    model = FCN(variant, num_classes=21, width=0.125, padding=padding)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE))
+    assert set(variables) == {"params"}
+    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+    got = {"/".join(k.key for k in path): leaf.shape for path, leaf in leaves}
+    backbone = {f"backbone/{layer}/{p}" for layer in BACKBONE_LAYERS for p in ("kernel", "bias")}
+    assert set(got) == backbone | set(HEAD_PARAMS[variant])
+    assert {k: got[k] for k in HEAD_PARAMS[variant]} == HEAD_PARAMS[variant]
+    assert got["backbone/fc6/kernel"] == (7, 7, 64, 512) and got["backbone/conv1_1/kernel"] == (3, 3, 3, 8)
+
+
+def test_init_shape_initialises_both_paddings():
+    assert INIT_SHAPE == (1, 32, 32, 3)
+    for padding in PADDINGS:
+        out, _ = jax.eval_shape(lambda: FCN("fcn8s", 4, 0.125, padding).init_with_output(
+            jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE)))
+        assert out.shape == (1, 32, 32, 4) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,cls", list(BACKBONES.items()))
+def test_backbone_strides_match_feature_maps(name, cls):
+    assert name == "vgg16" and cls is VGG16 and VGG16.STRIDES == {"pool3": 8, "pool4": 16, "top": 32}
+    feats, _ = jax.eval_shape(lambda: cls(width=0.125, padding="same").init_with_output(
+        jax.random.PRNGKey(0), jnp.zeros((1, 64, 96, 3))))
+    assert set(feats) == set(cls.STRIDES)
+    for key, stride in cls.STRIDES.items():
+        assert feats[key].shape[1:3] == (64 // stride, 96 // stride), key
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_registry_upsamplers_follow_backbone_strides(variant):
+    """Each upsampler brings the running stride to the next skip's, and the last one to the input's."""
+    spec = get_variant(variant)
+    strides = BACKBONES[spec.backbone].STRIDES
+    stride = strides["top"]
+    for up, target in zip(spec.upsamplers, [strides[s] for s in spec.skips] + [1]):
+        stride //= up.stride
+        assert stride == target and up.kernel == 2 * up.stride
+    assert upsampler_names(variant) == tuple(u.name for u in spec.upsamplers)
+
+
+# Caffe's coord_map (fcn.berkeleyvision.org, caffe/python/caffe/coord_map.py): a layer maps bottom coordinates to
+# top coordinates as top = a * bottom + b with conv/pool: a = 1/s, b = (p - (k-1)/2) / s; deconv: a = s,
+# b = (k-1)/2 - p. Layers (name, kernel, stride, pad) of REFERENCE.md's architecture table:
+VGG_PATH = [("conv1_1", 3, 1, 100), ("conv1_2", 3, 1, 1), ("pool1", 2, 2, 0),
+            ("conv2_1", 3, 1, 1), ("conv2_2", 3, 1, 1), ("pool2", 2, 2, 0),
+            ("conv3_1", 3, 1, 1), ("conv3_2", 3, 1, 1), ("conv3_3", 3, 1, 1), ("pool3", 2, 2, 0),
+            ("conv4_1", 3, 1, 1), ("conv4_2", 3, 1, 1), ("conv4_3", 3, 1, 1), ("pool4", 2, 2, 0),
+            ("conv5_1", 3, 1, 1), ("conv5_2", 3, 1, 1), ("conv5_3", 3, 1, 1), ("pool5", 2, 2, 0),
+            ("fc6", 7, 1, 0), ("fc7", 1, 1, 0), ("score", 1, 1, 0)]
+# Deconvolutions (name, kernel, stride, pad 0) of each variant, REFERENCE.md's variant table.
+DECONVS = {"fcn32s": [("upscore", 64, 32)],
+           "fcn16s": [("upscore2", 4, 2), ("upscore16", 32, 16)],
+           "fcn8s": [("upscore2", 4, 2), ("upscore_pool4", 4, 2), ("upscore8", 16, 8)]}
+DECONVS["fcn8s-atonce"] = DECONVS["fcn8s"]
+
+
+def _then(m, a2, b2):
+    """Compose a bottom->top map m = (a, b) with a following layer (a2, b2)."""
+    a, b = m
+    return a * a2, a2 * b + b2
+
+
+def _conv(m, k, s, p):
+    return _then(m, Fraction(1, s), Fraction(2 * p - (k - 1), 2 * s))
+
+
+def _deconv(m, k, s, p=0):
+    return _then(m, Fraction(s), Fraction(k - 1, 2) - p)
+
+
+def _crop_offset(m, like):
+    """Caffe Crop offset of map m cropped to like: -(offset of the map from m's to like's coordinates)."""
+    assert m[0] == like[0]  # same scale, so like = m + b
+    b = like[1] - m[1]
+    assert b.denominator == 1
+    return int(-b)
+
+
+def _maps_at(names):
+    m, out = (Fraction(1), Fraction(0)), {}
+    for name, k, s, p in VGG_PATH:
+        m = _conv(m, k, s, p)
+        out[name] = m
+    return [out[n] for n in names]
+
+
+@pytest.mark.parametrize("variant,skips,final", [("fcn32s", (), 19), ("fcn16s", (5,), 27), ("fcn8s", (5, 9), 31),
+                                                 ("fcn8s-atonce", (5, 9), 31)])
+def test_crop_offsets_from_caffe_coord_maps(variant, skips, final):
+    spec = get_variant(variant)
+    assert [tuple(u) for u in spec.upsamplers] == DECONVS[variant]
+    data = (Fraction(1), Fraction(0))
+    y, pool4, pool3 = _maps_at(["score", "pool4", "pool3"])  # score_pool* are 1x1: same map as the pool
+    derived = []
+    for (_, k, s), skip in zip(DECONVS[variant], [pool4, pool3][:len(DECONVS[variant]) - 1]):
+        y = _deconv(y, k, s)
+        derived.append(_crop_offset(skip, y))  # the fused sum keeps the upsampled map's coordinates
+    y = _deconv(y, *DECONVS[variant][-1][1:])
+    assert (tuple(derived), _crop_offset(y, data)) == (skips, final)
+    assert (spec.skip_offsets, spec.final_offset) == (skips, final)
+    assert spec.skips == ("pool4", "pool3")[:len(skips)]
+
+
+def test_registry_table_and_checks():
+    assert VARIANTS == fcn_jax.models.VARIANTS == ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+    assert PADDINGS == ("reference", "same")
+    for v in VARIANTS:
+        spec = get_variant(v)
+        assert check_variant(v) == v and spec.backbone in BACKBONES and spec.description
+        assert spec.feature_scales == ((0.01, 0.0001) if v == "fcn8s-atonce" else None)
+    assert check_padding("same") == "same"
+    with pytest.raises(ValueError, match="unknown FCN variant 'fcn4s'.*fcn8s-atonce"):
+        check_variant("fcn4s")
+    with pytest.raises(ValueError, match="unknown FCN variant"):
+        get_variant("vgg16")
+    with pytest.raises(ValueError, match="unknown padding 'valid'.*'reference', 'same'"):
+        check_padding("valid")
+    with pytest.raises(ValueError, match="unknown padding"):
+        VGG16(padding="valid").init(jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE))
+
+
+@pytest.mark.parametrize("args,match", [
+    (("fcn4s", 21, 1.0, "reference"), "unknown FCN variant"),
+    (("fcn8s", 21, 1.0, "valid"), "unknown padding"),
+    (("fcn8s", 0, 1.0, "reference"), "num_classes"),
+    (("fcn8s", 2.5, 1.0, "reference"), "num_classes"),
+    (("fcn8s", 21, 0.0, "reference"), r"width must be a number in \(0, 1\]"),
+    (("fcn8s", 21, 1.5, "reference"), "width"),
+    (("fcn8s", 21, float("nan"), "reference"), "width"),
+])
+def test_validate_rejects_bad_arguments(args, match):
+    validate("fcn8s", 21, 1.0, "reference")
+    validate("fcn32s", np.int64(3), 0.125, "same")
+    with pytest.raises(ValueError, match=match):
+        validate(*args)
+    with pytest.raises(ValueError, match=match):  # the module validates at init too
+        FCN(*args).init(jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE))

@@ -173,7 +173,7 @@ def test_close_then_continue_and_state_mismatch():
     it.close()
     for a, b in zip(reference, first + rest):
         np.testing.assert_array_equal(a["image"], b["image"])
-    assert it.step == 4 and it.epoch == pytest.approx(4 * 3 / 9)
+    assert it.step == 4 and it.get_state()["step"] == 4
     with pytest.raises(ValueError, match="seed"):
         it.set_state(dict(it.get_state(), seed=3))
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from fcn_jax import checkpoint, create_model
 from fcn_jax.config import ModelConfig
-from fcn_jax.predict import find_images, load_image, to_rgb
+from fcn_jax.cli.predict import find_images
+from fcn_jax.inference import load_image, to_rgb
 from test_evaluate import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +106,7 @@ def test_predict_cli_odd_images_and_a_corrupt_file(model_dir, tmp_path):
 
 
 def test_predict_usage_errors(model_dir, tmp_path, capsys):
-    from fcn_jax.predict import main
+    from fcn_jax.cli.predict import main
     assert main(["--ckpt", str(tmp_path / "nothing"), "x.png", "--out", str(tmp_path)]) == 2
     assert main(["--ckpt", model_dir, "x.png", "--out", str(tmp_path), "--alpha", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

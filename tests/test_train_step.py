@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fcn_jax import parallel
-from fcn_jax.config import ModelConfig, preset
+from fcn_jax.config import ModelConfig
+from fcn_jax.configs import get_config
 from fcn_jax.train_lib import create_train_state, make_train_step, param_labels, pixel_cross_entropy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(variant="fcn16s", freeze="final", **overrides):
     model = ModelConfig(variant=variant, num_classes=3, width=1 / 16, dropout_rate=0.0, freeze_upsamplers=freeze)
-    return preset("reference", variant, model=model, **overrides)
+    return get_config("reference", variant, model=model, **overrides)
 
 
 def random_params(model, seed=0):
@@ -131,12 +132,13 @@ DP_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, {repo!r})
     from fcn_jax import parallel
-    from fcn_jax.config import ModelConfig, preset
+    from fcn_jax.config import ModelConfig
+    from fcn_jax.configs import get_config
     from fcn_jax.train_lib import create_train_state, make_train_step
     n = int(sys.argv[1])
     assert len(jax.devices()) == 4
     model_cfg = ModelConfig("fcn8s", 3, 1 / 16, dropout_rate=0.0)
-    cfg = preset("modern", "fcn8s", model=dict(model_cfg.__dict__, dtype="float32"), batch_size=4, lr=1e-3)
+    cfg = get_config("modern", "fcn8s", model=dict(model_cfg.__dict__, dtype="float32"), batch_size=4, lr=1e-3)
     model = cfg.model.build()
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
     params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), params)

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 import fcn_jax
-from fcn_jax import checkpoint, weights
+from fcn_jax import checkpoint, loading, weights
 from fcn_jax.config import ModelConfig
 from fcn_jax.models import bilinear_init
+from fcn_jax.loading import LoadError
 from fcn_jax.weights import WeightsError
+from source_layouts import source_layout
 
 WIDTH = 1 / 16  # channels 4, 8, 16, 32, 32; fc 256
 NUM_CLASSES = 5
@@ -28,7 +30,7 @@ def random_tensors(fmt: str, variant: str = "fcn32s", num_classes: int = NUM_CLA
                    seed: int = 0) -> dict[str, np.ndarray]:
     """Random arrays with every key of ``fmt``, in the source layout (plus VGG16's ImageNet classifier)."""
     rng = np.random.RandomState(seed)
-    layout = weights.source_layout(fmt, variant, num_classes, width)
+    layout = source_layout(fmt, variant, num_classes, width)
     tensors = {k: rng.standard_normal(s).astype(np.float32) for k, s in layout.items()}
     if fmt == weights.VGG16_TORCH:
         fc = tensors["classifier.3.weight"].shape[0]
@@ -75,24 +77,24 @@ def check_heads_at_init(params: dict) -> None:
 # ------------------------------------------------------------------------------------------ layouts
 
 def test_full_size_source_layouts() -> None:
-    fcn8s = weights.source_layout("fcn", "fcn8s", 21)
+    fcn8s = source_layout("fcn", "fcn8s", 21)
     assert fcn8s["conv1_1.weight"] == (64, 3, 3, 3) and fcn8s["conv5_3.bias"] == (512,)
     assert fcn8s["fc6.weight"] == (4096, 512, 7, 7) and fcn8s["fc7.weight"] == (4096, 4096, 1, 1)
     assert fcn8s["score_fr.weight"] == (21, 4096, 1, 1) and fcn8s["score_pool4.weight"] == (21, 512, 1, 1)
     assert fcn8s["score_pool3.weight"] == (21, 256, 1, 1)
     assert fcn8s["upscore2.weight"] == (21, 21, 4, 4) and fcn8s["upscore_pool4.weight"] == (21, 21, 4, 4)
     assert fcn8s["upscore8.weight"] == (21, 21, 16, 16) and "upscore8.bias" not in fcn8s
-    fcn32s = weights.source_layout("fcn", "fcn32s", 21)
+    fcn32s = source_layout("fcn", "fcn32s", 21)
     assert len(fcn32s) == 15 * 2 + 2 + 1 and fcn32s["upscore.weight"] == (21, 21, 64, 64)
-    assert set(weights.source_layout("fcn", "fcn16s", 21)) - set(fcn32s) == {
+    assert set(source_layout("fcn", "fcn16s", 21)) - set(fcn32s) == {
         "score_pool4.weight", "score_pool4.bias", "upscore2.weight", "upscore16.weight"}
 
-    torch_vgg = weights.source_layout("vgg16-torch")
+    torch_vgg = source_layout("vgg16-torch")
     assert sorted({int(k.split(".")[1]) for k in torch_vgg if k.startswith("features.")}) == [
         0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
     assert torch_vgg["features.28.weight"] == (512, 512, 3, 3)
     assert torch_vgg["classifier.0.weight"] == (4096, 25088) and torch_vgg["classifier.3.weight"] == (4096, 4096)
-    keras = weights.source_layout("vgg16-keras")
+    keras = source_layout("vgg16-keras")
     assert keras["block1_conv1/kernel"] == (3, 3, 3, 64) and keras["block5_conv3/kernel"] == (3, 3, 512, 512)
     assert keras["fc1/kernel"] == (25088, 4096) and keras["fc2/kernel"] == (4096, 4096)
 
@@ -184,8 +186,8 @@ def test_vgg16_torch_mapping(tmp_path: Path) -> None:
     tensors = random_tensors("vgg16-torch", seed=4)
     path = tmp_path / "vgg16-397923af.npz"
     np.savez(path, **tensors)
-    variables, meta = weights.load_weights(str(path), "fcn8s", num_classes=NUM_CLASSES, width=WIDTH,
-                                           return_meta=True)
+    variables, meta = fcn_jax.load_weights(str(path), "fcn8s", num_classes=NUM_CLASSES, width=WIDTH,
+                                            return_meta=True)
     assert meta["preprocessing"] == "torchvision" and meta["format"] == "vgg16-torch"
     params = variables["params"]
     np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"],
@@ -357,12 +359,12 @@ def test_checkpoint_directory(fcn8s_npz: Path, tmp_path: Path) -> None:
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
     assert meta["class_names"] == list("abcde") and meta["preprocessing"] == "caffe"
     fcn_jax.load_weights(str(tmp_path / "ck"), "fcn8s", NUM_CLASSES, width=WIDTH, convention="caffe")
-    with pytest.raises(WeightsError, match="variant 'fcn16s' requested, checkpoint has 'fcn8s'"):
+    with pytest.raises(LoadError, match="variant 'fcn16s' requested, checkpoint has 'fcn8s'"):
         fcn_jax.load_weights(str(tmp_path / "ck"), "fcn16s")
-    with pytest.raises(WeightsError, match="preprocessing 'torchvision' requested"):
+    with pytest.raises(LoadError, match="preprocessing 'torchvision' requested"):
         fcn_jax.load_weights(str(tmp_path / "ck"), convention="torchvision")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsError, match="empty: not an fcn-jax checkpoint"):
+    with pytest.raises(LoadError, match="empty: not an fcn-jax checkpoint"):
         fcn_jax.load_weights(str(tmp_path / "empty"))
 
 
@@ -380,37 +382,65 @@ def test_fcn16s_from_fcn32s(vgg16_file: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "fcn32s.npz", **random_tensors("fcn", "fcn32s", seed=6))
     source = fcn_jax.load_weights(str(tmp_path / "fcn32s.npz"), width=WIDTH)
     target = fcn_jax.load_weights(str(vgg16_file), "fcn16s", NUM_CLASSES, width=WIDTH)  # heads at init
-    params, report = weights.init_from_stage(target, source, return_report=True)
-    assert set(params) == {"params"}
-    params, src = params["params"], source["params"]
+    params, kept = loading.transfer(target["params"], source["params"])
+    src = source["params"]
     jax.tree.map(np.testing.assert_array_equal, params["backbone"], src["backbone"])
     jax.tree.map(np.testing.assert_array_equal, params["score_fr"], src["score_fr"])
     check_heads_at_init({k: v for k, v in params.items() if k not in ("backbone", "score_fr")})
-    assert sorted(report["kept"]) == ["score_pool4/bias", "score_pool4/kernel", "upscore16/kernel", "upscore2/kernel"]
-    assert report["unused"] == ["upscore/kernel"]
-    assert "score_fr/kernel" in report["copied"] and "backbone/fc6/kernel" in report["copied"]
+    assert sorted(kept) == ["score_pool4/bias", "score_pool4/kernel", "upscore16/kernel", "upscore2/kernel"]
+    assert set(params) == {"backbone", "score_fr", "score_pool4", "upscore2", "upscore16"}  # no 'upscore' taken
 
 
 def test_fcn8s_from_fcn16s_copies_learned_upscore2(vgg16_file: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "fcn16s.npz", **random_tensors("fcn", "fcn16s", seed=7))
     source = fcn_jax.load_weights(str(tmp_path / "fcn16s.npz"), width=WIDTH)["params"]
     target = fcn_jax.load_weights(str(vgg16_file), "fcn8s", NUM_CLASSES, width=WIDTH)["params"]
-    params, report = weights.init_from_stage(target, source, return_report=True)
+    params, _ = loading.transfer(target, source)
     for name in ("score_pool4", "upscore2", "score_fr"):
         jax.tree.map(np.testing.assert_array_equal, params[name], source[name])
     check_heads_at_init({k: params[k] for k in ("score_pool3", "upscore_pool4", "upscore8")})
-    assert report["unused"] == ["upscore16/kernel"]
+    assert "upscore16" not in params
 
 
 def test_stage_init_rejects_other_backbone(vgg16_file: Path, tmp_path: Path) -> None:
     target = fcn_jax.load_weights(str(vgg16_file), "fcn16s", NUM_CLASSES, width=WIDTH)["params"]
     wider = fcn_jax.load_weights(str(_write(tmp_path / "w.npz", random_tensors("fcn", "fcn32s", width=WIDTH * 2))),
                                  width=WIDTH * 2)["params"]
-    with pytest.raises(WeightsError, match=r"backbone/conv1_1/kernel has shape \(3, 3, 3, 8\) \(target \(3, 3, 3, 4\)\)"):
-        weights.init_from_stage(target, wider)
+    with pytest.raises(LoadError, match=r"backbone/conv1_1/kernel has shape \(3, 3, 3, 8\) \(target \(3, 3, 3, 4\)\)"):
+        loading.transfer(target, wider)
     del wider["backbone"]["fc7"]
-    with pytest.raises(WeightsError, match="backbone/fc7/bias missing"):
-        weights.init_from_stage(target, wider)
+    with pytest.raises(LoadError, match="backbone/fc7/bias missing"):
+        loading.transfer(target, wider)
+
+
+def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) -> None:
+    """Training's --init: a VGG16 file fills the backbone (heads at init), an FCN file of another class
+    count keeps its backbone and upsampler-free layers only where shapes fit, a workdir-style checkpoint
+    directory works the same; each compared with the source tensors themselves."""
+    target_cfg = ModelConfig("fcn16s", 3, width=WIDTH)
+    fresh = jax.tree.map(np.asarray, fcn_jax.create_model("fcn16s", 3, width=WIDTH).init(
+        jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))["params"])
+    vgg = random_tensors("vgg16-torch", seed=5)
+    params, info = loading.init_params(target_cfg, fresh, str(vgg16_file))
+    np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"], vgg["features.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["backbone"]["fc7"]["bias"], vgg["classifier.3.bias"])
+    jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in params.items() if k != "backbone"},
+                 {k: v for k, v in fresh.items() if k != "backbone"})
+    assert info.preprocessing == "caffe"
+
+    fcn = random_tensors("fcn", "fcn32s", num_classes=21, seed=8)  # 21 classes -> a 3-class fcn16s
+    params, _ = loading.init_params(target_cfg, fresh, str(_write(tmp_path / "fcn32s_voc.npz", fcn)))
+    np.testing.assert_array_equal(params["backbone"]["fc6"]["kernel"], fcn["fc6.weight"].transpose(2, 3, 1, 0))
+    for name in ("score_fr", "score_pool4", "upscore2", "upscore16"):  # shapes differ or absent: at init
+        jax.tree.map(np.testing.assert_array_equal, params[name], fresh[name])
+
+    ckpt = str(tmp_path / "ck")
+    source = fcn_jax.load_weights(str(tmp_path / "fcn32s_voc.npz"), width=WIDTH)
+    checkpoint.save_model(ckpt, source, checkpoint.model_meta(ModelConfig("fcn32s", 21, width=WIDTH),
+                                                              [f"c{i}" for i in range(21)], "caffe"))
+    from_dir, info = loading.init_params(target_cfg, fresh, ckpt)
+    jax.tree.map(np.testing.assert_array_equal, from_dir, params)
+    assert info.class_names[3] == "c3"
 
 
 def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:

@@ -15,7 +15,8 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, VOID, DataError, SegmentationBuilder
+from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
+from fcn_jax.preprocess import VOID
 from fcn_jax.data.shapes import SHAPES_CLASSES, Shapes, ShapesConfig
 from fcn_jax.data.voc import VOC_CLASSES, VocSegmentation, VocSegmentationConfig
 

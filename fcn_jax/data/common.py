@@ -4,7 +4,7 @@ Every segmentation dataset of this project stores the same three features, writt
 ``array_record`` files that read back without TensorFlow:
 
 - ``image``: (H, W, 3) uint8 RGB,
-- ``segmentation``: (H, W) uint8 class index, ``VOID`` (255) = ignored (boundaries, unlabelled),
+- ``segmentation``: (H, W) uint8 class index, ``fcn_jax.preprocess.VOID`` (255) = ignored (boundaries, unlabelled),
 - ``file_name``: the source file's stem (image id).
 
 Both images and labels are stored as zlib-compressed tensors rather than ``tfds.features.Image``
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-VOID = 255
+
 FILE_FORMAT = "array_record"
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"

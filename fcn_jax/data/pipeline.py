@@ -48,7 +48,7 @@ import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 from PIL import Image
 
-from fcn_jax.data.common import VOID
+from fcn_jax.preprocess import VOID
 from fcn_jax.preprocess import check_convention, preprocess
 
 MODES = ("reference", "modern")
@@ -258,11 +258,6 @@ class TrainIterator:
     def step(self) -> int:
         """Number of batches returned so far (the position ``get_state`` saves)."""
         return self._step
-
-    @property
-    def epoch(self) -> float:
-        """Epochs consumed so far (examples seen / split size)."""
-        return self._step * self._cfg.batch_size / self._num_examples
 
     def __iter__(self) -> TrainIterator:
         return self

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, VOID, SegmentationBuilder
+from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, SegmentationBuilder
+from fcn_jax.preprocess import VOID
 
 SHAPES_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle", "star", "bar", "ring")
 CIRCLE, SQUARE, TRIANGLE, STAR, BAR, RING = range(1, 7)

@@ -53,7 +53,8 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, VOID, DataError, SegmentationBuilder
+from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
+from fcn_jax.preprocess import VOID
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""FCN heads on VGG16: fcn32s, fcn16s, fcn8s and fcn8s-atonce, as in the Caffe reference.
+"""The FCN model: a backbone (``backbones.BACKBONES``) plus the skip head of a variant (``registry``).
 
 Parameter tree (names as in pytorch-fcn's state dicts, so foreign weights map by name)::
 
@@ -14,43 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.models.upsample import Upsample
-from fcn_jax.models.vgg import PADDINGS, VGG16
+from fcn_jax.models.backbones import get_backbone
+from fcn_jax.models.heads import SkipHead
+from fcn_jax.models.registry import get_variant, validate
 
-VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
-
-# Upsamplers of each variant in data-flow order: (name, kernel, stride); the last one is the final one.
-UPSAMPLERS = {
-    "fcn32s": (("upscore", 64, 32),),
-    "fcn16s": (("upscore2", 4, 2), ("upscore16", 32, 16)),
-    "fcn8s": (("upscore2", 4, 2), ("upscore_pool4", 4, 2), ("upscore8", 16, 8)),
-}
-UPSAMPLERS["fcn8s-atonce"] = UPSAMPLERS["fcn8s"]
-
-# Caffe crop offsets (reference padding): skip-layer crops and the final crop back to the input.
-SKIP_OFFSETS = {"score_pool4": 5, "score_pool3": 9}
-FINAL_OFFSET = {"fcn32s": 19, "fcn16s": 27, "fcn8s": 31, "fcn8s-atonce": 31}
-# fcn8s-atonce scales the pooled features before their score layers (fixed constants).
-ATONCE_SCALE = {"score_pool4": 0.01, "score_pool3": 0.0001}
-
-
-def check_variant(variant: str) -> str:
-    """Returns ``variant`` if known, else raises ValueError naming the choices."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown FCN variant {variant!r}; expected one of {VARIANTS}")
-    return variant
-
-
-def upsampler_names(variant: str) -> tuple[str, ...]:
-    """Names of the variant's upsampling layers, in data-flow order (the last is the final one)."""
-    return tuple(name for name, _, _ in UPSAMPLERS[check_variant(variant)])
-
-
-def crop(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
-    """Caffe ``Crop`` on NHWC: ``x[:, offset:offset+height, offset:offset+width]``."""
-    if x.shape[1] < offset + height or x.shape[2] < offset + width:
-        raise ValueError(f"cannot crop {height}x{width} at offset {offset} from a map of shape {x.shape}")
-    return x[:, offset:offset + height, offset:offset + width]
+# Dummy NHWC input to initialise (or ``jax.eval_shape``) any FCN; a multiple of 32 suits both paddings.
+INIT_SHAPE: tuple[int, int, int, int] = (1, 32, 32, 3)
 
 
 class FCN(nn.Module):
@@ -61,7 +30,7 @@ class FCN(nn.Module):
     needs a ``'dropout'`` rng.
 
     Attributes:
-      variant: 'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
+      variant: 'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce' (``registry.VARIANTS``).
       num_classes: output classes (21 for PASCAL VOC).
       width: channel multiplier of the backbone (1.0 is the real network; e.g. 0.125 for tests).
       padding: 'reference' (conv1_1 pad 100, VALID fc6, Caffe crops) or 'same' (input padded to a
@@ -79,47 +48,19 @@ class FCN(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
-        check_variant(self.variant)
-        if self.padding not in PADDINGS:
-            raise ValueError(f"unknown padding {self.padding!r}; expected one of {PADDINGS}")
-        self.backbone = VGG16(width=self.width, padding=self.padding, dropout_rate=self.dropout_rate,
-                              dtype=self.dtype)
-        score = lambda name: nn.Conv(  # noqa: E731
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros, name=name)
-        self.score_fr = score("score_fr")
-        if self.variant != "fcn32s":
-            self.score_pool4 = score("score_pool4")
-        if self.variant in ("fcn8s", "fcn8s-atonce"):
-            self.score_pool3 = score("score_pool3")
-        same = self.padding == "same"
-        self.upsamplers = {
-            name: Upsample(self.num_classes, k, s, padding=(k - s) // 2 if same else 0, dtype=self.dtype,
-                           name=name)
-            for name, k, s in UPSAMPLERS[self.variant]}
-
-    def _skip(self, name: str, features: jax.Array, like: jax.Array) -> jax.Array:
-        """Score a pooled map and crop it to ``like`` (the upsampled coarser score)."""
-        if self.variant == "fcn8s-atonce":
-            features = features * jnp.asarray(ATONCE_SCALE[name], features.dtype)
-        scored = getattr(self, name)(features)
-        offset = 0 if self.padding == "same" else SKIP_OFFSETS[name]
-        return crop(scored, offset, like.shape[1], like.shape[2])
+        validate(self.variant, self.num_classes, self.width, self.padding)
+        spec = get_variant(self.variant)
+        backbone = get_backbone(spec.backbone)
+        self.stride = backbone.STRIDES["top"]
+        self.backbone = backbone(width=self.width, padding=self.padding, dropout_rate=self.dropout_rate,
+                                 dtype=self.dtype)
+        self.head = SkipHead(spec, self.num_classes, padding=self.padding, dtype=self.dtype)
+        nn.share_scope(self, self.head)  # head layers sit at the top level of the parameter tree
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected NHWC images with 3 channels, got shape {x.shape}")
         height, width = x.shape[1], x.shape[2]
         if self.padding == "same":
-            x = jnp.pad(x, ((0, 0), (0, -height % 32), (0, -width % 32), (0, 0)))
-        feats = self.backbone(x, train=train)
-        names = upsampler_names(self.variant)
-        y = self.upsamplers[names[0]](self.score_fr(feats["fc7"]))
-        if self.variant != "fcn32s":
-            y = y + self._skip("score_pool4", feats["pool4"], y)
-            y = self.upsamplers[names[1]](y)
-        if self.variant in ("fcn8s", "fcn8s-atonce"):
-            y = y + self._skip("score_pool3", feats["pool3"], y)
-            y = self.upsamplers[names[2]](y)
-        offset = 0 if self.padding == "same" else FINAL_OFFSET[self.variant]
-        return crop(y, offset, height, width).astype(jnp.float32)
+            x = jnp.pad(x, ((0, 0), (0, -height % self.stride), (0, -width % self.stride), (0, 0)))
+        return self.head(self.backbone(x, train=train), height, width).astype(jnp.float32)

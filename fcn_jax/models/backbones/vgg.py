@@ -5,16 +5,19 @@ map by name. Layout NHWC; kernels HWIO.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcn_jax.models.registry import PADDINGS, check_padding
+
+__all__ = ["FC_CHANNELS", "PADDINGS", "VGG16", "VGG16_BLOCKS", "PatchConv", "conv_init", "max_pool_ceil", "scaled"]
+
 # (block, number of convs, channels at full width)
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 FC_CHANNELS = 4096
-PADDINGS = ("reference", "same")
 
 conv_init = nn.initializers.kaiming_normal()
 
@@ -33,10 +36,10 @@ def max_pool_ceil(x: jax.Array) -> jax.Array:
 class PatchConv(nn.Module):
     """A VALID k x k convolution as one matrix product over the k*k shifted views of the input (im2col).
 
-    Same parameters (``kernel`` HWIO, ``bias``) and outputs as ``nn.Conv``. Used for fc6, whose 7x7
-    kernel is as large as the map it reads: XLA:CPU turns the input gradient of that convolution into a
-    naive loop (about 0.2 GFLOP/s, two thirds of a full-width train step), while a matrix product runs
-    at full speed on every backend.
+    Same parameters (``kernel`` HWIO, ``bias``) and outputs as ``nn.Conv``; (N, H, W, C) -> (N, H-k+1,
+    W-k+1, features). Used for fc6, whose 7x7 kernel is as large as the map it reads: XLA:CPU turns the
+    input gradient of that convolution into a naive loop (about 0.2 GFLOP/s, two thirds of a full-width
+    train step), while a matrix product runs at full speed on every backend.
     """
 
     features: int
@@ -55,12 +58,16 @@ class PatchConv(nn.Module):
 
 
 class VGG16(nn.Module):
-    """VGG16 feature extractor returning the three maps FCN's heads read.
+    """VGG16 feature extractor returning the named maps FCN's heads read.
 
-    Input (N, H, W, 3) preprocessed; returns ``{'pool3', 'pool4', 'fc7'}`` (NHWC, ``dtype``).
+    Input (N, H, W, 3) preprocessed; returns ``{'pool3', 'pool4', 'top'}`` (NHWC, ``dtype``), ``top``
+    being fc7's output after dropout. ``STRIDES`` gives each map's stride relative to the input.
     ``padding='reference'``: conv1_1 pads 100 and fc6 is a VALID 7x7 conv (any H, W >= 1 works).
-    ``padding='same'``: every conv is SAME (the input must be a multiple of 32).
+    ``padding='same'``: every conv is SAME (the input must be a multiple of ``STRIDES['top']``).
+    Parameters: ``{conv1_1 .. conv5_3, fc6, fc7}/{kernel (HWIO), bias}``, float32.
     """
+
+    STRIDES: ClassVar[dict[str, int]] = {"pool3": 8, "pool4": 16, "top": 32}
 
     width: float = 1.0
     padding: str = "reference"
@@ -69,6 +76,7 @@ class VGG16(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        check_padding(self.padding)
         conv = lambda features, name, kernel=3, pad=1: nn.Conv(  # noqa: E731
             features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=self.dtype,
             param_dtype=jnp.float32, kernel_init=conv_init, name=name)
@@ -88,4 +96,4 @@ class VGG16(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(conv(fc, "fc7", kernel=1, pad=0)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return {"pool3": out["pool3"], "pool4": out["pool4"], "fc7": x}
+        return {"pool3": out["pool3"], "pool4": out["pool4"], "top": x}

@@ -1,0 +1,105 @@
+"""``benchmark.py`` / ``fcn-benchmark``: throughput and MFU of the train step or inference (see
+:mod:`fcn_jax.benchmark`). Bad values give one error line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from fcn_jax import benchmark as bench
+from fcn_jax import cli, platform
+from fcn_jax.cli import ArgumentParser
+from fcn_jax.config import DTYPES
+from fcn_jax.models import PADDINGS, VARIANTS
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``--image-size``: '512' -> (512, 512); '480x640' -> (480, 640) (height x width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match or int(match.group(1)) < 1 or (match.group(2) is not None and int(match.group(2)) < 1):
+        raise argparse.ArgumentTypeError(f"expected a positive size like 512 or 480x640 (HxW), got {text!r}")
+    height = int(match.group(1))
+    return height, int(match.group(2)) if match.group(2) is not None else height
+
+
+def add_benchmark_flags(parser: argparse.ArgumentParser, *, dtype: bool = True, padding: bool = True) -> None:
+    """The flags that define a measurement (shared with ``benchmarks/compare_torch.py``, which picks
+    its own dtypes and has only the reference padding)."""
+    parser.add_argument("--variant", default="fcn8s", choices=VARIANTS, help="network variant (default fcn8s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size per device (default 8)")
+    parser.add_argument("--image-size", type=parse_image_size, default=(512, 512), metavar="H[xW]",
+                        help="input size, e.g. 512 or 480x640 (default 512)")
+    if dtype:
+        parser.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES),
+                            help="compute dtype; parameters and loss stay float32 (default bfloat16)")
+    if padding:
+        parser.add_argument("--padding", default="reference", choices=PADDINGS,
+                            help="'reference' (pad 100, Caffe crops; matches the reference weights) or 'same' "
+                                 "(input padded to a multiple of 32, SAME convs, crop back to H x W: 0.58x the "
+                                 "FLOPs of pad 100 at 500x500, 0.3x at 224x224, but no longer the geometry the "
+                                 "reference weights were trained with)")
+    parser.add_argument("--width", type=float, default=1.0,
+                        help="channel width multiplier (1.0 = the real network; smaller for quick CPU runs)")
+    parser.add_argument("--num-classes", type=int, default=21, help="output classes (default 21, VOC)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the parameters and synthetic batch")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> bench.BenchmarkConfig:
+    """A :class:`fcn_jax.benchmark.BenchmarkConfig` from :func:`add_benchmark_flags`'s flags; errors become UsageError."""
+    fields = dict(variant=args.variant, batch_size=args.batch_size, image_size=tuple(args.image_size),
+                  width=args.width, num_classes=args.num_classes, steps=args.steps, warmup=args.warmup,
+                  seed=args.seed)
+    fields.update({name: getattr(args, name) for name in ("mode", "dtype", "padding") if hasattr(args, name)})
+    fields.update(overrides)
+    try:
+        return bench.BenchmarkConfig(**fields)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes ``data`` as indented JSON to ``path`` ('-' for stdout), creating parent directories."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
+    """``benchmark.py``'s flags; bad values give one error line and exit code 2."""
+    parser = ArgumentParser(prog=prog, description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", default="train", choices=bench.MODES,
+                        help="'train' (the real train step: forward, loss, backward, SGD) or 'infer' (default train)")
+    add_benchmark_flags(parser)
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH ('-': stdout)")
+    return parser
+
+
+@cli.user_errors("benchmark.py")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``benchmark.py``: measure one configuration, print a summary, optionally write JSON."""
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    platform.setup()  # CPU XLA flags, compilation cache; multi-host: auto-detected on TPU pods / SLURM
+    result = bench.run_benchmark(cfg)
+    if jax.process_index() == 0:
+        print(bench.format_result(result), file=sys.stderr if args.json == "-" else sys.stdout)
+        if args.json:
+            write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

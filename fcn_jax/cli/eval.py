@@ -1,0 +1,216 @@
+"""``eval.py`` / ``fcn-eval``: evaluate a checkpoint on a dataset split with the reference's metrics.
+
+The variant, classes and preprocessing come from the checkpoint; the dataset defaults to the one the
+run trained on, the split to its evaluation split. Prints the score table and writes a JSON record;
+``--save-predictions`` writes label PNGs and image | truth | prediction panels.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from fcn_jax import platform
+from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, load_ckpt, user_errors
+from fcn_jax.evaluate import evaluate, local_rows
+from fcn_jax.metrics import format_table
+from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh
+
+if TYPE_CHECKING:
+    from fcn_jax.data.pipeline import EvalBatch
+    from fcn_jax.loading import ModelInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What ``eval.py`` evaluates, and how. None means: from the checkpoint / the dataset / defaults."""
+
+    ckpt: str
+    step: str | int = "best"
+    dataset: str | None = None
+    split: str | None = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    batch_size: int | None = None
+    bucket_multiple: int = 128
+    dtype: str | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    save_predictions: str | None = None
+    num_pictures: int = 20
+    json_path: str | None = None
+    progress: bool = True
+
+
+def recorded_dataset(info: ModelInfo) -> str | None:
+    """The training dataset recorded in a checkpoint (``config.dataset``: a name or ``{'name': ...}``)."""
+    dataset = info.training_config.get("dataset")
+    if isinstance(dataset, Mapping):
+        dataset = dataset.get("name")
+    return dataset if isinstance(dataset, str) else None
+
+
+def default_json_path(ckpt: str, dataset: str, split: str) -> str:
+    """Where results go without ``--json``: inside a checkpoint directory, or next to a weights file."""
+    name = f"eval_{dataset.replace('/', '-')}_{split}.json"
+    if os.path.isdir(ckpt):
+        return os.path.join(ckpt, name)
+    return f"{os.path.splitext(ckpt)[0]}_{name}"
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+class PredictionSaver:
+    """``on_batch`` callback saving pictures of the first ``limit`` images to ``out_dir``:
+    ``<name>.png`` (predicted labels, VOC palette PNG) and ``<name>_panel.png`` (image | truth | prediction)."""
+
+    def __init__(self, out_dir: str, limit: int, class_names: Sequence[str], convention: str):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir, self.limit, self.class_names, self.convention = out_dir, limit, class_names, convention
+        self.saved = 0
+
+    def __call__(self, batch: EvalBatch, preds: np.ndarray) -> bool:
+        from fcn_jax.preprocess import deprocess
+        from fcn_jax.viz import colorize, panel
+        images, labels = local_rows(batch.image), local_rows(batch.label)
+        for row, index in enumerate(np.asarray(batch.indices)):
+            if index < 0 or self.saved >= self.limit:
+                continue
+            h, w = (int(v) for v in np.asarray(batch.sizes)[row])
+            name = batch.names[row]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            stem = os.path.splitext(os.path.basename(name))[0] or f"{int(index):06d}"
+            pred = preds[row, :h, :w]
+            colorize(pred).save(os.path.join(self.out_dir, f"{stem}.png"))
+            panel(deprocess(images[row, :h, :w], self.convention), labels[row, :h, :w], pred,
+                  self.class_names).save(os.path.join(self.out_dir, f"{stem}_panel.png"))
+            self.saved += 1
+        return self.saved < self.limit
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """``eval.py``: evaluates a checkpoint on a dataset split, prints the table, writes and returns the
+    JSON record. Raises :class:`UsageError` for anything the user can fix."""
+    variables, model = load_ckpt(argparse.Namespace(ckpt=config.ckpt, step=config.step, dtype=config.dtype))
+    from fcn_jax import data
+    from fcn_jax.data.pipeline import eval_batches
+
+    n = model.config.num_classes
+    dataset = config.dataset or recorded_dataset(model)
+    if dataset is None:
+        raise UsageError("--dataset is required: the checkpoint does not record its training dataset")
+    recorded_dir = model.training_config.get("data_dir")
+    data_dir = config.data_dir or (recorded_dir if isinstance(recorded_dir, str) and os.path.isdir(recorded_dir)
+                                   else None)
+    try:
+        ds = data.dataset_meta(dataset, data_dir=data_dir)
+    except (ValueError, KeyError, OSError) as e:
+        raise UsageError(f"--dataset {dataset}: {e}") from e
+    if ds.num_classes != n:
+        raise UsageError(f"--dataset {dataset} has {ds.num_classes} classes but the checkpoint's "
+                         f"{model.config.variant} predicts {n}")
+    if tuple(ds.class_names) != model.class_names:
+        print(f"warning: the checkpoint's class names differ from {dataset}'s; reporting the checkpoint's",
+              file=sys.stderr)
+    split = config.split or ds.eval_split
+    if split not in ds.splits:
+        raise UsageError(f"--split {split}: {dataset} has splits {', '.join(ds.splits)}")
+    try:
+        source = data.load_split(dataset, split, data_dir=data_dir, manual_dir=config.manual_dir)
+    except (ValueError, KeyError, OSError) as e:
+        raise UsageError(f"--dataset {dataset} --split {split}: {e}") from e
+    mesh = make_mesh()
+    batch_size = config.batch_size or mesh.devices.size
+    try:
+        check_batch_size(batch_size, mesh)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    json_path = config.json_path or default_json_path(config.ckpt, dataset, split)
+    saver = None
+    if config.save_predictions:
+        try:
+            saver = PredictionSaver(config.save_predictions, config.num_pictures, model.class_names,
+                                    model.preprocessing)
+        except OSError as e:
+            raise UsageError(f"--save-predictions {config.save_predictions}: {e}") from e
+
+    batches = eval_batches(source, batch_size=batch_size, convention=model.preprocessing,
+                           bucket_multiple=config.bucket_multiple, sharding=data_sharding(mesh))
+    result = evaluate(model.config.build(), variables["params"], batches, n, mesh=mesh, flip=config.flip,
+                      scales=config.scales, on_batch=saver, progress=config.progress,
+                      total=ds.splits[split] if jax.process_count() == 1 else None)
+    s = result.scores
+    record = {
+        "checkpoint": os.path.abspath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
+        "commit": platform.git_commit(), "variant": model.config.variant, "num_classes": n,
+        "preprocessing": model.preprocessing, "dtype": model.config.dtype, "num_images": result.num_images,
+        "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
+        "devices": int(mesh.devices.size), "batch_size": batch_size, "bucket_multiple": config.bucket_multiple,
+        **{key: _finite(s[key]) for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
+        "per_class_iu": {name: _finite(v) for name, v in zip(model.class_names, s["iu"])},
+        "tta": {"flip": config.flip, "scales": list(config.scales)},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if jax.process_index() == 0:
+        print(f"{model.config.variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
+              f"{result.images_per_s:.1f} images/s ({result.seconds:.1f} s incl. compilation)")
+        print(format_table(s, model.class_names))
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+            with open(json_path, "w") as f:
+                json.dump(record, f, indent=2)
+        except OSError as e:
+            raise UsageError(f"--json {json_path}: {e}") from e
+        print(f"results written to {json_path}")
+    return record
+
+
+def build_parser(prog: str = "eval.py") -> ArgumentParser:
+    """The ``eval.py`` command line."""
+    parser = ArgumentParser(prog=prog, description="Evaluate an FCN checkpoint with the reference's metrics "
+                            "(pixel acc., mean acc., mean IU, f.w. IU) at full resolution on all devices.")
+    add_model_flags(parser)
+    parser.add_argument("--dataset", help="dataset name, e.g. shapes or voc_segmentation/sbd_fcn "
+                        "(default: the checkpoint's training dataset)")
+    parser.add_argument("--split", help="split (default: the dataset's evaluation split)")
+    parser.add_argument("--data-dir", help="dataset directory (default: the training run's, if it exists "
+                        "here, else the data package's)")
+    parser.add_argument("--manual-dir", help="directory with manually downloaded archives")
+    parser.add_argument("--batch-size", type=int, help="global batch size (default: number of devices)")
+    parser.add_argument("--bucket-multiple", type=int, default=128,
+                        help="images are padded to a multiple of this in each dimension (default: 128)")
+    parser.add_argument("--save-predictions", metavar="DIR", help="save label PNGs and panels here")
+    parser.add_argument("--num-pictures", type=int, default=20, metavar="N",
+                        help="with --save-predictions: how many images (default: 20)")
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="results file (default: "
+                        "CKPT/eval_<dataset>_<split>.json, or <weights stem>_eval_<dataset>_<split>.json)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+@user_errors("eval.py")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python eval.py ...``; returns the exit code (0, or 2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--bucket-multiple", args.bucket_multiple),
+                        ("--num-pictures", args.num_pictures)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    platform.setup()
+    run_eval(EvalConfig(**vars(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

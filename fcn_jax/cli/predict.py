@@ -1,0 +1,125 @@
+"""``predict.py`` / ``fcn-predict``: segment images of any size and mode, one at a time at full resolution.
+
+For every input image ``<stem>.<ext>`` the output directory gets
+
+- ``<stem>.png``: the label map as a palette PNG (pixel value = class index, VOC colours);
+- ``<stem>_overlay.png``: the image blended with the class colours, with a legend of the classes present;
+- with ``--probs``: ``<stem>_probs.npy``, per-class probabilities (H, W, C), float16 by default
+  (``--probs-dtype float32``), averaged over the test-time augmentations if any.
+
+Stems that repeat (``a.jpg`` and ``a.png``, or equal names in two directories) get ``_2``, ``_3``, ...
+Any PIL-readable image works: EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and
+float images become RGB (16-bit and wider scaled to 8 bits); transparent pixels are composited over
+white. A file that cannot be read or segmented gets one line ``predict.py: error: FILE: reason`` on
+stderr and the others still run. Exit code: 0 if every image was segmented, 1 if any failed, 2 for a
+usage error (bad flag, checkpoint or output directory).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from fcn_jax import platform
+from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, load_ckpt, user_errors
+from fcn_jax.inference import Inference, load_image
+from fcn_jax.viz import colorize, overlay
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+def find_images(inputs: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+    """Yields ``(path, None)`` for each image to segment, or ``(input, reason)`` for an unusable input.
+
+    Files are taken as given (whatever their extension); directories give their files with an image
+    extension (not recursive), sorted.
+    """
+    for item in inputs:
+        if os.path.isdir(item):
+            files = sorted(f for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS)
+                           and os.path.isfile(os.path.join(item, f)))
+            if not files:
+                yield item, "directory holds no image files"
+            for name in files:
+                yield os.path.join(item, name), None
+        elif os.path.isfile(item):
+            yield item, None
+        else:
+            yield item, "no such file or directory"
+
+
+def _unique_stem(path: str, used: set[str]) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    candidate, k = stem, 1
+    while candidate in used:
+        k += 1
+        candidate = f"{stem}_{k}"
+    used.add(candidate)
+    return candidate
+
+
+def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, probs: bool = False,
+                  probs_dtype: str = "float16", alpha: float = 0.5, prog: str = "predict.py") -> int:
+    """Segments every image of ``inputs`` into ``out_dir`` (see the module docstring for the files).
+
+    Returns the number of inputs that failed (each reported as one line on stderr).
+    """
+    names, used, failures = segment.class_names, set(), 0
+    for path, problem in find_images(inputs):
+        try:
+            if problem:
+                raise ValueError(problem)
+            image = load_image(path)
+            label, probabilities = segment.predict(image, probabilities=probs)
+            stem = os.path.join(out_dir, _unique_stem(path, used))
+            colorize(label).save(f"{stem}.png")
+            overlay(image, label, names, alpha=alpha).save(f"{stem}_overlay.png")
+            if probabilities is not None:
+                np.save(f"{stem}_probs.npy", probabilities.astype(probs_dtype))
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable input, write failure, device OOM
+            failures += 1
+            print(f"{prog}: error: {path}: {e}", file=sys.stderr)
+            continue
+        present = ", ".join(names[c] for c in np.unique(label))
+        print(f"{path} -> {stem}.png ({image.shape[1]}x{image.shape[0]}: {present})")
+    return failures
+
+
+def build_parser(prog: str = "predict.py") -> ArgumentParser:
+    """The ``predict.py`` command line."""
+    parser = ArgumentParser(prog=prog, description="Segment images with an FCN checkpoint: label PNGs "
+                            "(VOC palette), overlays with a legend, optionally class probabilities.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
+    add_model_flags(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    parser.add_argument("--probs", action="store_true", help="also save <stem>_probs.npy (H, W, C)")
+    parser.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
+                        help="dtype of the saved probabilities (default: float16)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
+    return parser
+
+
+@user_errors("predict.py")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python predict.py ...``; returns the exit code (0 all done, 1 some images failed, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.alpha <= 1:
+        raise UsageError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    platform.setup()
+    variables, info = load_ckpt(args)
+    segment = Inference(info.config.build(), variables, info.preprocessing, class_names=info.class_names,
+                        flip=args.flip, scales=args.scales)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: {e}") from e
+    failures = predict_files(segment, args.inputs, args.out, probs=args.probs, probs_dtype=args.probs_dtype,
+                             alpha=args.alpha, prog=parser.prog)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

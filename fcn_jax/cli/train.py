@@ -1,0 +1,116 @@
+"""``train.py`` / ``fcn-train``: train an FCN (the offline shapes demo by default).
+
+Configuration is layered: a config (``--preset NAME``, or ``--config FILE.py`` defining
+``get_config(variant)``), then a JSON file of fields (``--config FILE.json``), then flags. Every
+field of :class:`fcn_jax.config.TrainConfig` and :class:`fcn_jax.config.ModelConfig` is a flag,
+generated from the dataclasses (``--lr``, ``--width``, ``--no-flip``, ...). The effective config is
+printed at start, written to ``WORKDIR/config.json`` and stored with every checkpoint. Running again
+with the same ``--workdir`` resumes from its latest checkpoint; Ctrl-C / SIGTERM save and stop.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from fcn_jax import cli, configs
+from fcn_jax.config import ModelConfig, TrainConfig, override
+from fcn_jax.models import VARIANTS
+
+# Fields that are not flags: chosen by --variant / --preset / --config instead.
+NOT_FLAGS = {"model", "variant", "preset"}
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.5,2, got {text!r}") from None
+    return low, high
+
+
+def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
+    """One flag per dataclass field (``--field-name``), typed and with the field's help and choices."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in NOT_FLAGS:
+            continue
+        flag, dest = "--" + f.name.replace("_", "-"), prefix + f.name
+        typ = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": f.metadata.get("help", "")}
+        if typ is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if typing.get_origin(typ) is tuple:
+            kwargs.update(type=_pair, metavar="LOW,HIGH")
+        else:
+            kwargs["type"] = typ
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="fcn32s", choices=VARIANTS, help="network variant (default fcn32s)")
+    p.add_argument("--preset", default="shapes", choices=configs.PRESETS,
+                   help="'shapes' (offline demo, default), 'reference' (the Caffe solver) or 'modern'; the files "
+                        "are fcn_jax/configs/NAME.py")
+    p.add_argument("--config", metavar="FILE", help="a .py file defining get_config(variant) (replaces --preset), or "
+                   "a .json object of fields applied over the preset (flags win)")
+    p.add_argument("--workdir", help="run directory (default runs/VARIANT); an existing one is resumed")
+    _add_field_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig, "")
+    _add_field_flags(p.add_argument_group("network (ModelConfig fields)"), ModelConfig, "model.")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dist = p.add_argument_group("multi-host (auto-detected on TPU pods / SLURM when not given)")
+    dist.add_argument("--coordinator-address", help="host:port of process 0")
+    dist.add_argument("--num-processes", type=int, help="number of processes")
+    dist.add_argument("--process-id", type=int, help="this process's index")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The config, then ``--config`` JSON fields, then flags; errors name the field."""
+    python_file = args.config if args.config and not args.config.endswith(".json") else None
+    try:
+        cfg = configs.get_config(python_file or args.preset, args.variant)
+    except ValueError as e:
+        raise cli.UsageError(f"--config {python_file}: {e}" if python_file else str(e)) from None
+    fields: dict[str, Any] = {}
+    if args.config and python_file is None:
+        fields.update(cli.read_json_file(args.config, "--config"))
+    flags = {k: v for k, v in vars(args).items() if v is not None and (k.startswith("model.") or k in
+                                                                        {f.name for f in dataclasses.fields(TrainConfig)})}
+    fields.update(flags)
+    fields["model.variant"] = args.variant
+    try:
+        return override(cfg, fields)
+    except (TypeError, ValueError) as e:
+        raise cli.UsageError(f"invalid configuration: {e}") from None
+
+
+@cli.user_errors("train.py")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = build_config(args)
+    from fcn_jax import platform
+    from fcn_jax.train_lib import TrainingError, train_and_evaluate
+
+    platform.setup(args.coordinator_address, args.num_processes, args.process_id)
+    workdir = args.workdir or f"runs/{cfg.model.variant}"
+    try:
+        summary = train_and_evaluate(cfg, workdir, progress=not args.no_progress)
+    except TrainingError as e:
+        return cli.fail("train.py", str(e), code=1)
+    if not summary["interrupted"]:
+        scores = summary["scores"]
+        print(f"done: step {summary['step']}, validation mean IU {scores.get('mean_iu', float('nan')):.4f}; "
+              f"best model in {workdir}/best")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Training configs as files: ``get_config(variant) -> TrainConfig`` in a readable, copyable module each.
+
+- :mod:`fcn_jax.configs.shapes`: the offline demo (the default of ``train.py``).
+- :mod:`fcn_jax.configs.reference`: the Caffe reference solver exactly.
+- :mod:`fcn_jax.configs.modern`: today's segmentation recipe on VOC2012 train_aug.
+
+Copy one (``python -c "import fcn_jax.configs as c; print(c.path('shapes'))"`` prints where it is),
+edit it, and pass the copy to ``train.py --config my_config.py``; ``--config fields.json`` instead
+layers a JSON object of fields over ``--preset``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+from fcn_jax.config import TrainConfig, override
+
+PRESETS = ("shapes", "reference", "modern")
+
+
+def path(name: str) -> str:
+    """The file of the preset ``name``."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{check_preset(name)}.py")
+
+
+def check_preset(name: str) -> str:
+    """Returns ``name`` if it is a preset, else raises ValueError naming the choices."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    return name
+
+
+def _from_file(file: str, variant: str) -> TrainConfig:
+    """``get_config(variant)`` of a Python config file (a copy of one of the presets, say)."""
+    if not os.path.isfile(file):
+        raise ValueError(f"{file}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"fcn_jax_user_config_{abs(hash(file))}", file)
+    if spec is None or spec.loader is None or not file.endswith(".py"):
+        raise ValueError(f"{file}: expected a .py file defining get_config(variant)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"{file}: defines no get_config(variant)")
+    config = module.get_config(variant)
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"{file}: get_config must return a fcn_jax.config.TrainConfig, got {type(config).__name__}")
+    return config
+
+
+def get_config(name: str = "shapes", variant: str = "fcn32s", **overrides: Any) -> TrainConfig:
+    """The config ``name`` (a preset name or a ``.py`` file) for ``variant``, with field
+    ``overrides`` (``model={...}`` or ``'model.width'`` style keys for the network's fields)."""
+    if name in PRESETS:
+        config = importlib.import_module(f"fcn_jax.configs.{name}").get_config(variant)
+    else:
+        config = _from_file(name, variant)
+    return override(config, overrides) if overrides else config

@@ -1,0 +1,174 @@
+"""The one loader: any supported path -> (model config, variables, recorded facts).
+
+Paths it takes, told apart by what is on disk:
+
+- a training workdir (``runs/fcn16s``: ``checkpoints/`` and ``best/``), at ``step`` 'best', 'latest' or N;
+- an fcn-jax model checkpoint (``python -m fcn_jax.convert`` output, or a workdir's ``best/``);
+- a foreign weights file: pytorch-fcn FCN state dicts, torchvision / Keras VGG16 (see
+  :mod:`fcn_jax.weights`, whose ``load()`` hook reads them).
+
+:func:`load` is what ``eval.py``, ``predict.py``, ``python -m fcn_jax.convert`` and
+:func:`fcn_jax.load_model` use; :func:`init_params` is training's ``--init`` (copy what fits into a new
+model, as the reference's staged training and fine-tuning need). Errors are ValueErrors naming the path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flax import traverse_util
+
+from fcn_jax import checkpoint, weights
+from fcn_jax.config import ModelConfig, check_dtype
+from fcn_jax.preprocess import check_convention
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "checkpoint"
+
+
+class LoadError(ValueError):
+    """A path that cannot be loaded as requested; the message is one line naming the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model records besides its variables.
+
+    ``config``: the network exactly as trained (variant, classes, width, padding, dtype);
+    ``class_names``: one per output class; ``preprocessing``: the input convention ('caffe' |
+    'torchvision', see :func:`fcn_jax.preprocess`); ``step``: the training step (None for foreign
+    weights); ``source``: the absolute path loaded; ``meta``: everything recorded (format, training
+    config, validation metrics, provenance).
+    """
+
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    preprocessing: str
+    step: int | None
+    source: str
+    meta: Mapping[str, Any]
+
+    @property
+    def training_config(self) -> Mapping[str, Any]:
+        """The training run's config as recorded (``{}`` for converted or foreign weights)."""
+        config = self.meta.get("config")
+        return config if isinstance(config, Mapping) else {}
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """Class names for weights that record none: PASCAL VOC's for 21 classes, else 'class_<i>'."""
+    if num_classes == 21:
+        from fcn_jax.data.voc import VOC_CLASSES
+        return tuple(VOC_CLASSES)
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def as_variables(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameter tree or a variables dict ``{'params': ...}`` -> the variables dict."""
+    return dict(tree) if set(tree) == {"params"} else {"params": tree}
+
+
+def _read_checkpoint(path: str, step: str | int) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        variables, meta = checkpoint.load_model(path, step)
+    except (ValueError, KeyError, OSError) as e:  # CheckpointError names the path already
+        message = str(e) if str(e).startswith(path) else f"{path}: {e}"
+        raise LoadError(message) from None
+    return variables, dict(meta, format=CHECKPOINT_FORMAT)
+
+
+def _check_requested(path: str, meta: Mapping[str, Any], requested: Mapping[str, Any]) -> None:
+    recorded = {**meta.get("model", {}), "preprocessing": meta.get("preprocessing")}
+    clashes = [f"{k} {v!r} requested, checkpoint has {recorded.get(k)!r}"
+               for k, v in requested.items() if v is not None and v != recorded.get(k)]
+    if clashes:
+        raise LoadError(f"{path}: checkpoint does not fit: {'; '.join(clashes)}")
+
+
+def _info(path: str, meta: dict[str, Any], dtype: str | None) -> ModelInfo:
+    try:
+        config = checkpoint.model_config_from_meta(meta)
+        if dtype is not None:
+            config = dataclasses.replace(config, dtype=check_dtype(dtype))
+        names = tuple(meta.get("class_names") or default_class_names(config.num_classes))
+        if len(names) != config.num_classes:
+            raise ValueError(f"{len(names)} class names for {config.num_classes} classes")
+        convention = check_convention(meta.get("preprocessing"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise LoadError(f"{path}: bad metadata: {e}") from None
+    step = meta.get("step")
+    return ModelInfo(config=config, class_names=names, preprocessing=convention,
+                     step=None if step is None else int(step), source=os.path.abspath(path),
+                     meta=dict(meta, class_names=list(names)))
+
+
+def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | None = None,
+         num_classes: int | None = None, width: float | None = None, convention: str | None = None,
+         dtype: str | None = None) -> tuple[dict[str, Any], ModelInfo]:
+    """Loads ``path`` (see the module docstring) -> (variables ``{'params': ...}``, :class:`ModelInfo`).
+
+    ``variant``, ``num_classes``, ``width`` and ``convention`` state what the caller expects: a source
+    that records them (checkpoints; pytorch-fcn files record variant and classes) must agree, and a
+    source that does not (VGG16 files: no head; foreign files: width 1 unless told) takes them.
+    ``dtype`` overrides the compute dtype only. Parameters are float32 host or single-device arrays.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        variables, meta = _read_checkpoint(path, step)
+        _check_requested(path, meta, {"variant": variant, "num_classes": num_classes, "width": width,
+                                      "preprocessing": convention})
+    elif os.path.isfile(path) or os.path.splitext(path)[1].lower() in weights.SUFFIXES:
+        params, meta = weights.load(path, variant, num_classes, width=1.0 if width is None else width,
+                                    convention=convention)
+        variables = {"params": params}
+    else:
+        raise LoadError(f"{path}: no such file or directory")
+    return variables, _info(path, meta, dtype)
+
+
+def transfer(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Copies every array of ``source`` whose path and shape exist in ``target`` (parameter trees).
+
+    Returns the new tree (dtypes of ``target``) and the paths ('a/b/kernel') kept at ``target``'s
+    values: new skip layers, score layers for another class count. Raises :class:`LoadError` unless
+    the backbones match, since nothing else makes a useful start.
+    """
+    tflat, sflat = traverse_util.flatten_dict(dict(target)), traverse_util.flatten_dict(dict(source))
+    fits = {p: p in sflat and tuple(sflat[p].shape) == tuple(v.shape) for p, v in tflat.items()}
+    bad = [f"{'/'.join(p)} {'missing' if p not in sflat else f'has shape {tuple(sflat[p].shape)}'}"
+           f" (target {tuple(v.shape)})" for p, v in tflat.items() if p[0] == "backbone" and not fits[p]]
+    if bad:
+        raise LoadError(f"source params do not match the target's backbone: {'; '.join(bad)}")
+    out = {p: (sflat[p] if sflat[p].dtype == v.dtype else sflat[p].astype(v.dtype)) if fits[p] else v
+           for p, v in tflat.items()}
+    kept = ["/".join(p) for p in tflat if not fits[p]]
+    unused = ["/".join(p) for p in sflat if p not in tflat]
+    log.info("init: copied %d arrays; kept at init: %s; unused from source: %s",
+             len(tflat) - len(kept), ", ".join(kept) or "none", ", ".join(unused) or "none")
+    return traverse_util.unflatten_dict(out), kept
+
+
+def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
+                step: str | int = "latest") -> tuple[dict[str, Any], ModelInfo]:
+    """Training's ``--init``: ``params`` (the new model's initial tree) with every layer of ``path``
+    that fits copied in (see :func:`transfer`).
+
+    ``path`` is anything :func:`load` takes: ImageNet VGG16 weights (the backbone; the heads keep
+    their initialisation), an earlier stage (fcn32s -> fcn16s -> fcn8s: backbone, ``score_fr``,
+    ``upscore2``), or an FCN with another class count (fine-tuning: score layers start afresh).
+    A training workdir is read at ``step`` ('latest' by default). Returns (params, source info).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
+        source, meta = weights.load(path, width=target.width, default_variant=target.variant,
+                                    default_classes=target.num_classes)
+        info = _info(path, meta, None)
+    else:
+        variables, info = load(path, step=step, width=target.width)
+        source = variables["params"]
+    new, _ = transfer(params, source)
+    return new, info
