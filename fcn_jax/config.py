@@ -84,8 +84,8 @@ class ModelConfig:
                                     "one stays bilinear), 'all' or 'none'", FREEZE_CHOICES)
 
     def __post_init__(self) -> None:
+        validate_model(self.variant, self.num_classes, self.width, self.padding)  # the registry's own words
         _validate_fields(self)
-        validate_model(self.variant, self.num_classes, self.width, self.padding)
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate: must be in [0, 1), got {self.dropout_rate}")
 
@@ -198,7 +198,9 @@ def override(config: T, fields: dict[str, Any]) -> T:
     for key, value in fields.items():
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = to_dict(value)
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
+        if isinstance(data.get(key), dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}: expected a mapping of fields, got {value!r}")
             data[key] = {**data[key], **value}
             continue
         *parents, name = key.split(".")
