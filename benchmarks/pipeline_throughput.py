@@ -36,7 +36,8 @@ def main() -> None:
     args = parser.parse_args()
 
     source = data.load_split("shapes", "train", data_dir=args.data_dir, config=VOC_LIKE)
-    cfg = TrainInput(mode=args.mode, batch_size=args.batch_size, crop_size=args.crop_size)
+    cfg = TrainInput(mode=args.mode, batch_size=args.batch_size, crop_size=args.crop_size,
+                     bucket_multiple=None if args.batch_size == 1 else 128)
     with train_iterator(source, cfg, num_threads=args.threads) as batches:
         for _ in range(2):
             jax.block_until_ready(next(batches))

@@ -180,6 +180,11 @@ class TrainCheckpointer:
         """The newest complete step, or None for a fresh workdir."""
         return self._latest.latest_step()
 
+    def latest_on_disk(self) -> int | None:
+        """The newest finalised step as the directory holds it now (after :meth:`wait`): what a rerun
+        would resume from, read from disk rather than from this manager's records."""
+        return max(_steps(str(self._latest.directory)), default=None)
+
     def save(self, step: int, state: Any, meta: dict[str, Any], data_state: dict[str, Any]) -> None:
         """Saves the whole train state asynchronously (returns once the arrays are copied off device)."""
         self._latest.save(step, args=ocp.args.Composite(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -80,8 +81,10 @@ class ModelConfig:
                           "reference-exact)", PADDINGS)
     dropout_rate: float = option(0.5, "element-wise dropout after fc6 and fc7 in training")
     dtype: str = option("float32", "compute dtype (parameters stay float32)", tuple(DTYPES))
-    freeze_upsamplers: str = option("final", "upsamplers excluded from the optimiser: 'final' (the last "
-                                    "one stays bilinear), 'all' or 'none'", FREEZE_CHOICES)
+    freeze_upsamplers: str = option("final", "upsamplers excluded from the optimiser and kept exactly "
+                                    "bilinear: 'all' (the reference: every Deconvolution has lr_mult 0), "
+                                    "'final' (the last one) or 'none' (the paper's learned upsampling)",
+                                    FREEZE_CHOICES)
 
     def __post_init__(self) -> None:
         validate_model(self.variant, self.num_classes, self.width, self.padding)  # the registry's own words
@@ -114,8 +117,10 @@ class TrainConfig:
     crop_size: int = option(96, "modern mode: square crop size in pixels")
     scale_range: tuple[float, float] = option((0.5, 2.0), "modern mode: random scale range, e.g. 0.5,2")
     flip: bool = option(True, "modern mode: random horizontal flips")
-    bucket_multiple: int = option(128, "whole images are padded to a multiple of this (reference mode, "
-                                  "validation)")
+    bucket_multiple: int | None = option(None, "reference mode: pad whole images to a multiple of this to "
+                                         "batch them (None: each image at its own size, batch 1, as Caffe)")
+    sampling: str = option("epoch", "training order: 'epoch' (a permutation per epoch) or 'replacement' "
+                           "(uniform draws with replacement, Caffe's voc_layers.py)", ("epoch", "replacement"))
     preprocessing: str = option("caffe", "input convention (must match --init weights)", CONVENTIONS)
     loss: str = option("mean", "'sum' over labelled pixels (reference) or 'mean'", ("sum", "mean"))
     optimizer: str = option("sgd", "'sgd' (momentum) or 'adamw'", ("sgd", "adamw"))
@@ -126,20 +131,27 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "weight decay on weights (never on biases)")
     bias_lr_mult: float = option(2.0, "biases learn at this multiple of the learning rate")
     steps: int = option(1000, "number of optimiser steps in total (a resumed run continues to this)")
+    trainable: str | None = option(None, "regular expression over parameter paths (e.g. 'score_.*'): only "
+                                   "matching parameters train; the rest are outside the optimiser")
+    frozen: str | None = option(None, "regular expression over parameter paths (e.g. 'backbone/.*'): "
+                                "matching parameters stay fixed, outside the optimiser and weight decay")
     init: str | None = option(None, "start from weights: a VGG16 or FCN weights file (.pth / .h5 / .npz / "
                               ".safetensors), a converted checkpoint or an earlier stage's workdir")
     seed: int = option(1337, "seed for initialisation, shuffling, augmentation and dropout")
     log_every: int = option(20, "steps between logged training metrics")
     eval_every: int = option(500, "steps between validations")
     eval_batch_size: int = option(8, "validation batch size")
+    eval_bucket_multiple: int | None = option(None, "validation: pad images to a multiple of this (fewer "
+                                              "compiled shapes, but padding changes the predictions); None: "
+                                              "each image at its own size, as the reference")
     checkpoint_every: int = option(500, "steps between checkpoints")
     keep_checkpoints: int = option(3, "number of latest checkpoints kept")
 
     def __post_init__(self) -> None:
         _validate_fields(self)
         for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
-                     "eval_batch_size", "keep_checkpoints", "crop_size", "bucket_multiple"):
-            if getattr(self, name) < 1:
+                     "eval_batch_size", "keep_checkpoints", "crop_size", "bucket_multiple", "eval_bucket_multiple"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "bias_lr_mult", "momentum"):
             if getattr(self, name) < 0:
@@ -150,6 +162,12 @@ class TrainConfig:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
+        for name in ("trainable", "frozen"):
+            pattern = getattr(self, name)
+            try:
+                re.compile(pattern or "")
+            except re.error as e:
+                raise ValueError(f"{name}={pattern!r} is not a regular expression ({e})") from None
         if self.init is not None:  # 'vgg16:' / 'ckpt:' prefixes of earlier versions are accepted
             object.__setattr__(self, "init", strip_init_prefix(self.init))
 

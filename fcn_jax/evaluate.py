@@ -6,13 +6,14 @@ Library side of ``eval.py`` and of the training loop's periodic validation:
   replicated, the batch split over the mesh's ``'data'`` axis, the (n, n) confusion matrix summed over
   all devices by XLA.
 - :func:`evaluate` runs it over an iterable of ``EvalBatch`` (``fcn_jax.data.pipeline.eval_batches``:
-  variable-size images padded into shape buckets, label 255 in the padding, so padding is never
-  counted) and sums the matrices on device.
+  by default batches of images of one exact size, as the reference; optionally padded into shape
+  buckets, label 255 in the padding and filler, so neither is ever counted) and sums the matrices
+  on device. jit compiles the step once per distinct batch shape.
 
 The forward pass and its test-time augmentation are :func:`fcn_jax.inference.class_scores`. Mirroring
-is per image within its own width, so the padding of a bucketed batch stays on the right and flipping
-commutes with bucketing; scaling resizes the whole padded canvas, so an image's last row and column
-blend slightly with the padding.
+is per image within its own width, so the padding of a bucketed batch stays on the right; scaling
+resizes the whole padded canvas, so an image's last row and column blend slightly with the padding.
+Exact-size batches have no padding.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flax import traverse_util
@@ -130,15 +130,17 @@ def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | No
     return variables, _info(path, meta, dtype)
 
 
-def transfer(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Copies every array of ``source`` whose path and shape exist in ``target`` (parameter trees).
+def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *,
+             keep: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Copies every array of ``source`` whose path and shape exist in ``target`` (parameter trees),
+    except the top-level layers named in ``keep``.
 
     Returns the new tree (dtypes of ``target``) and the paths ('a/b/kernel') kept at ``target``'s
-    values: new skip layers, score layers for another class count. Raises :class:`LoadError` unless
-    the backbones match, since nothing else makes a useful start.
+    values: new skip layers, score layers for another class count, ``keep``. Raises
+    :class:`LoadError` unless the backbones match, since nothing else makes a useful start.
     """
     tflat, sflat = traverse_util.flatten_dict(dict(target)), traverse_util.flatten_dict(dict(source))
-    fits = {p: p in sflat and tuple(sflat[p].shape) == tuple(v.shape) for p, v in tflat.items()}
+    fits = {p: p[0] not in keep and p in sflat and tuple(sflat[p].shape) == tuple(v.shape) for p, v in tflat.items()}
     bad = [f"{'/'.join(p)} {'missing' if p not in sflat else f'has shape {tuple(sflat[p].shape)}'}"
            f" (target {tuple(v.shape)})" for p, v in tflat.items() if p[0] == "backbone" and not fits[p]]
     if bad:
@@ -153,14 +155,16 @@ def transfer(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict
 
 
 def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
-                step: str | int = "latest") -> tuple[dict[str, Any], ModelInfo]:
+                step: str | int = "latest", keep: Sequence[str] = ()) -> tuple[dict[str, Any], ModelInfo]:
     """Training's ``--init``: ``params`` (the new model's initial tree) with every layer of ``path``
     that fits copied in (see :func:`transfer`).
 
     ``path`` is anything :func:`load` takes: ImageNet VGG16 weights (the backbone; the heads keep
     their initialisation), an earlier stage (fcn32s -> fcn16s -> fcn8s: backbone, ``score_fr``,
     ``upscore2``), or an FCN with another class count (fine-tuning: score layers start afresh).
-    A training workdir is read at ``step`` ('latest' by default). Returns (params, source info).
+    A training workdir is read at ``step`` ('latest' by default). Layers named in ``keep`` stay at
+    ``params``' values: the reference's solve.py re-fills every fixed upsampler with the bilinear kernel
+    after copying. Returns (params, source info).
     """
     path = os.fspath(path)
     if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
@@ -170,5 +174,5 @@ def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.P
     else:
         variables, info = load(path, step=step, width=target.width)
         source = variables["params"]
-    new, _ = transfer(params, source)
+    new, _ = transfer(params, source, keep=keep)
     return new, info

@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import time
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax import parallel
 from fcn_jax.config import ModelConfig, TrainConfig, format_config, to_dict
-from fcn_jax.models import INIT_SHAPE, upsampler_names
+from fcn_jax.models import initial_variables, upsampler_names
 
 
 class TrainingError(RuntimeError):
@@ -53,14 +54,28 @@ def global_norm(tree: Any) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------ optimiser
 
-def param_labels(params: Any, model: ModelConfig) -> Any:
-    """Labels every parameter 'weight', 'bias' or 'frozen' (upsamplers frozen by the config)."""
+def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
+                 frozen: str | None = None) -> Any:
+    """Labels every parameter 'weight', 'bias' or 'frozen'.
+
+    Frozen: the upsamplers ``model.freeze_upsamplers`` names, parameters whose path ('backbone/fc6/kernel',
+    'score_fr/bias', ...) fully matches the regular expression ``frozen``, and, when ``trainable`` is
+    given, every parameter whose path does not fully match it (big_vision-style regex freezing).
+    Raises ValueError when a regular expression matches no parameter.
+    """
     ups = upsampler_names(model.variant)
-    frozen = {"none": (), "final": ups[-1:], "all": ups}[model.freeze_upsamplers]
+    fixed = {"none": (), "final": ups[-1:], "all": ups}[model.freeze_upsamplers]
+    paths = ["/".join(getattr(k, "key", str(k)) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for flag, pattern in (("trainable", trainable), ("frozen", frozen)):
+        if pattern is not None and not any(re.fullmatch(pattern, p) for p in paths):
+            raise ValueError(f"{flag}={pattern!r} matches no parameter; paths look like {paths[0]}, "
+                             f"score_fr/kernel, {ups[-1]}/kernel")
 
     def label(path: tuple[Any, ...], _: Any) -> str:
         names = [getattr(p, "key", str(p)) for p in path]
-        if names[0] in frozen:
+        name = "/".join(names)
+        if (names[0] in fixed or (frozen is not None and re.fullmatch(frozen, name))
+                or (trainable is not None and not re.fullmatch(trainable, name))):
             return "frozen"
         return "bias" if names[-1] == "bias" else "weight"
 
@@ -80,7 +95,8 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
-    """The solver: weights get weight decay, biases ``bias_lr_mult`` x lr and no decay, frozen nothing.
+    """The solver: weights get weight decay, biases ``bias_lr_mult`` x lr and no decay, frozen parameters
+    (:func:`param_labels`) nothing: they are outside the optimiser and its weight decay.
 
     SGD follows Caffe: ``v = momentum * v + lr * (grad + wd * w); w -= v`` (identical for a fixed lr).
     """
@@ -94,14 +110,14 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformatio
         weight = optax.adamw(schedule, b1=cfg.momentum, weight_decay=cfg.weight_decay)
         bias = optax.adam(bias_schedule, b1=cfg.momentum)
     return optax.multi_transform({"weight": weight, "bias": bias, "frozen": optax.set_to_zero()},
-                                 param_labels(params, cfg.model))
+                                 param_labels(params, cfg.model, cfg.trainable, cfg.frozen))
 
 
 # ---------------------------------------------------------------------------------------------- state
 
 def init_params(cfg: TrainConfig, model: nn.Module) -> Any:
     """The model's own initialisation from ``cfg.seed`` (one compiled program, not many dispatches)."""
-    return jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), jnp.zeros(INIT_SHAPE, jnp.float32))["params"]
+    return initial_variables(model, jax.random.PRNGKey(cfg.seed))["params"]
 
 
 def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
@@ -115,18 +131,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConf
     """One optimiser step on a global batch {'image': (B,H,W,3) float, 'label': (B,H,W) int}.
 
     The batch is split into ``cfg.grad_accum`` micro-batches whose gradients are summed; the loss is
-    the sum over labelled pixels ('sum') or that sum divided by the batch's labelled-pixel count
-    ('mean'), so accumulation and data parallelism give exactly the full-batch gradient.
+    the sum over labelled pixels divided by the batch size B ('sum', Caffe's ``normalize: false``; with
+    accumulation it is Caffe's ``iter_size`` average) or by the batch's labelled-pixel count ('mean'),
+    so accumulation and data parallelism give exactly the full-batch gradient.
     Dropout keys derive from (seed, step), so a resumed run draws the same masks.
     """
     images, labels = batch["image"], batch["label"]
     accum = cfg.grad_accum
     num_classes = cfg.model.num_classes
     count = jnp.sum((labels >= 0) & (labels < num_classes)).astype(jnp.float32)
-    scale = 1.0 if cfg.loss == "sum" else 1.0 / jnp.maximum(count, 1.0)
+    # 'sum': Caffe's SoftmaxWithLoss with normalize: false divides the summed loss by the batch size N,
+    # and iter_size divides the accumulated gradient by iter_size: the sum over the whole batch / B.
+    scale = 1.0 / images.shape[0] if cfg.loss == "sum" else 1.0 / jnp.maximum(count, 1.0)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
+    fixed = jax.tree.map(lambda label: label == "frozen", param_labels(state.params, cfg.model, cfg.trainable,
+                                                                       cfg.frozen))
 
     def loss_fn(params: Any, x: jax.Array, y: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # frozen parameters get no gradient at all, so XLA drops their backward pass
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, fixed)
         logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
         total, _ = pixel_cross_entropy(logits, y)
         return total * scale, total
@@ -168,13 +191,15 @@ def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]
 
     ``cfg.init``: None -> the model's initialisation; a path -> every layer of it that fits copied
     over the initialisation (:func:`fcn_jax.loading.init_params`: ImageNet VGG16, an earlier stage, an
-    FCN with other classes).
+    FCN with other classes), except the fixed upsamplers, which stay exactly bilinear (solve.py).
     """
     params = init_params(cfg, model)  # the model's own init for layers a source lacks
     if cfg.init is None:
         return params, None
     from fcn_jax import loading
-    params, info = loading.init_params(cfg.model, params, cfg.init)
+    labels = param_labels(params, cfg.model)
+    fixed = [name for name in upsampler_names(cfg.model.variant) if labels[name]["kernel"] == "frozen"]
+    params, info = loading.init_params(cfg.model, params, cfg.init, keep=fixed)  # fixed upsamplers: bilinear
     return params, info.preprocessing
 
 
@@ -251,6 +276,10 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
 
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
+    train_input = pipeline.TrainInput(
+        mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
+        flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
+        seed=cfg.seed)
     lead = jax.process_index() == 0
     if not lead:
         log = lambda _: None  # noqa: E731  (only process 0 reports)
@@ -281,20 +310,22 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         write_config(cfg, workdir)
     meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg))
 
-    train_input = pipeline.TrainInput(
-        mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
-        flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, convention=cfg.preprocessing, seed=cfg.seed)
     train_iter = pipeline.train_iterator(data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir),
                                          train_input, sharding=parallel.data_sharding(mesh))
     if data_state is not None:
         train_iter.set_state(data_state)
     eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir)
+    eval_sizes = None  # exact-size validation plans its batches from every image's size, read once
     step_fn = make_train_step(cfg, mesh)
     writer = SummaryWriter(workdir, enabled=lead)
 
     def validate(step: int) -> dict[str, float]:
+        nonlocal eval_sizes
+        if cfg.eval_bucket_multiple is None and eval_sizes is None:
+            eval_sizes = pipeline.example_sizes(eval_source)
         batches = pipeline.eval_batches(eval_source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
-                                        bucket_multiple=cfg.bucket_multiple, sharding=parallel.data_sharding(mesh))
+                                        bucket_multiple=cfg.eval_bucket_multiple, sizes=eval_sizes,
+                                        sharding=parallel.data_sharding(mesh))
         result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False)
         scores = {k: float(result.scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
         writer.write(step, {f"val/{k}": v for k, v in scores.items()})
@@ -338,8 +369,16 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
                 if eval_now:
                     scores = validate(step)
                     window_start = time.perf_counter()
-                if stop.signal is not None:
+                if stop.signal is not None:  # it may have arrived after save_now was decided
+                    if not save_now:
+                        _check_finite(pending)  # never save a step whose loss was not finite
+                        pending = []
+                        save(step)
                     checkpoints.wait()
+                    on_disk = checkpoints.latest_on_disk()
+                    if on_disk != step:
+                        raise TrainingError(f"received signal {stop.signal} but step {step} is not on disk "
+                                            f"(latest saved: {on_disk}); run again to resume from there")
                     log(f"received signal {stop.signal}: saved step {step} in {workdir}; run again to resume")
                     interrupted = True
                     break

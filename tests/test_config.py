@@ -32,8 +32,10 @@ def test_reference_config_is_the_caffe_solver(variant):
     assert (cfg.lr, cfg.steps, cfg.schedule, cfg.optimizer, cfg.momentum) == (lr, steps, "fixed", "sgd", 0.99)
     assert (cfg.weight_decay, cfg.bias_lr_mult, cfg.loss, cfg.batch_size, cfg.mode) == (5e-4, 2.0, "sum", 1, "reference")
     assert (cfg.dataset, cfg.preprocessing, cfg.flip) == ("voc_segmentation/sbd_fcn", "caffe", False)
+    # every upsampler fixed; each image alone at its own size, drawn with replacement; exact-size validation
+    assert (cfg.bucket_multiple, cfg.sampling, cfg.eval_bucket_multiple, cfg.seed) == (None, "replacement", None, 1337)
     assert cfg.model == ModelConfig(variant=variant, num_classes=21, width=1.0, padding="reference",
-                                    dropout_rate=0.5, dtype="float32", freeze_upsamplers="final")
+                                    dropout_rate=0.5, dtype="float32", freeze_upsamplers="all")
 
 
 def test_every_preset_builds_for_every_variant():
@@ -66,6 +68,12 @@ def test_layering_preset_then_json_then_flags(tmp_path):
     cfg = train_cli.build_config(args)
     assert (cfg.lr, cfg.steps, cfg.flip, cfg.scale_range, cfg.preset) == (0.002, 11, False, (0.9, 1.1), "modern")
     assert (cfg.model.width, cfg.model.dropout_rate, cfg.model.dtype) == (0.5, 0.1, "bfloat16")
+
+
+def test_optional_flags_can_be_set_to_none():
+    args = train_cli.build_parser().parse_args(["--eval-bucket-multiple", "exact", "--bucket-multiple", "64"])
+    cfg = train_cli.build_config(args)  # the shapes preset buckets its validation at 128
+    assert (cfg.eval_bucket_multiple, cfg.bucket_multiple) == (None, 64)
 
 
 def test_every_old_flag_still_exists():

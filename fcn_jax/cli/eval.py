@@ -41,7 +41,7 @@ class EvalConfig:
     data_dir: str | None = None
     manual_dir: str | None = None
     batch_size: int | None = None
-    bucket_multiple: int = 128
+    bucket_multiple: int | None = None  # None: the run's validation setting, else exact; 0 (EXACT): exact
     dtype: str | None = None
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
@@ -49,6 +49,22 @@ class EvalConfig:
     num_pictures: int = 20
     json_path: str | None = None
     progress: bool = True
+
+
+EXACT = 0  # --bucket-multiple exact
+
+
+def parse_bucket(text: str) -> int:
+    """``--bucket-multiple``: a positive integer, or 'exact' (returned as :data:`EXACT`)."""
+    if text == "exact":
+        return EXACT
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'exact', got {text!r}")
+    return value
 
 
 def recorded_dataset(info: ModelInfo) -> str | None:
@@ -104,7 +120,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     JSON record. Raises :class:`UsageError` for anything the user can fix."""
     variables, model = load_ckpt(argparse.Namespace(ckpt=config.ckpt, step=config.step, dtype=config.dtype))
     from fcn_jax import data
-    from fcn_jax.data.pipeline import eval_batches
+    from fcn_jax.data.pipeline import eval_batches, example_sizes
 
     n = model.config.num_classes
     dataset = config.dataset or recorded_dataset(model)
@@ -145,8 +161,20 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         except OSError as e:
             raise UsageError(f"--save-predictions {config.save_predictions}: {e}") from e
 
+    bucket = config.bucket_multiple
+    if bucket is None:  # the run's own validation setting when it recorded one, else exact size
+        recorded = model.training_config.get("eval_bucket_multiple")
+        bucket = recorded if isinstance(recorded, int) and dataset == recorded_dataset(model) else EXACT
+    bucket = None if bucket == EXACT else bucket
+    sizes = None
+    if bucket is None:
+        sizes = example_sizes(source)
+        if jax.process_index() == 0:
+            distinct = len({tuple(s) for s in sizes.tolist()})
+            print(f"exact-size evaluation: {len(sizes)} images in {distinct} distinct sizes "
+                  f"(one compiled program each)")
     batches = eval_batches(source, batch_size=batch_size, convention=model.preprocessing,
-                           bucket_multiple=config.bucket_multiple, sharding=data_sharding(mesh))
+                           bucket_multiple=bucket, sizes=sizes, sharding=data_sharding(mesh))
     result = evaluate(model.config.build(), variables["params"], batches, n, mesh=mesh, flip=config.flip,
                       scales=config.scales, on_batch=saver, progress=config.progress,
                       total=ds.splits[split] if jax.process_count() == 1 else None)
@@ -156,7 +184,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "commit": platform.git_commit(), "variant": model.config.variant, "num_classes": n,
         "preprocessing": model.preprocessing, "dtype": model.config.dtype, "num_images": result.num_images,
         "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
-        "devices": int(mesh.devices.size), "batch_size": batch_size, "bucket_multiple": config.bucket_multiple,
+        "devices": int(mesh.devices.size), "batch_size": batch_size, "bucket_multiple": bucket,
         **{key: _finite(s[key]) for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
         "per_class_iu": {name: _finite(v) for name, v in zip(model.class_names, s["iu"])},
         "tta": {"flip": config.flip, "scales": list(config.scales)},
@@ -188,8 +216,11 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
                         "here, else the data package's)")
     parser.add_argument("--manual-dir", help="directory with manually downloaded archives")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: number of devices)")
-    parser.add_argument("--bucket-multiple", type=int, default=128,
-                        help="images are padded to a multiple of this in each dimension (default: 128)")
+    parser.add_argument("--bucket-multiple", type=parse_bucket, default=None, metavar="N|exact",
+                        help="pad images to a multiple of N in each dimension and batch them together: compiles "
+                        "fewer programs, but results differ from the reference (padding changes the activations); "
+                        "'exact': each image at its own size, batched only with images of the same size. Default: "
+                        "the training run's validation setting on its own dataset, else exact")
     parser.add_argument("--save-predictions", metavar="DIR", help="save label PNGs and panels here")
     parser.add_argument("--num-pictures", type=int, default=20, metavar="N",
                         help="with --save-predictions: how many images (default: 20)")
@@ -203,8 +234,7 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python eval.py ...``; returns the exit code (0, or 2 for a user error)."""
     args = build_parser().parse_args(argv)
-    for flag, value in (("--batch-size", args.batch_size), ("--bucket-multiple", args.bucket_multiple),
-                        ("--num-pictures", args.num_pictures)):
+    for flag, value in (("--batch-size", args.batch_size), ("--num-pictures", args.num_pictures)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     platform.setup()

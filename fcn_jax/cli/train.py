@@ -32,6 +32,16 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _optional_int(text: str) -> int | None:
+    """An integer flag of an ``int | None`` field: 'none' (or 'exact' for the bucket sizes) gives None."""
+    if text.lower() in ("none", "exact"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
 def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
     """One flag per dataclass field (``--field-name``), typed and with the field's help and choices."""
     hints = typing.get_type_hints(cls)
@@ -39,8 +49,12 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) ->
         if f.name in NOT_FLAGS:
             continue
         flag, dest = "--" + f.name.replace("_", "-"), prefix + f.name
-        typ = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
-        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": f.metadata.get("help", "")}
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+        typ = next(t for t in allowed if t is not type(None))
+        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        if typ is int and type(None) in allowed:
+            parser.add_argument(flag, type=_optional_int, metavar="N|none", **kwargs)
+            continue
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -82,8 +96,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     fields: dict[str, Any] = {}
     if args.config and python_file is None:
         fields.update(cli.read_json_file(args.config, "--config"))
-    flags = {k: v for k, v in vars(args).items() if v is not None and (k.startswith("model.") or k in
-                                                                        {f.name for f in dataclasses.fields(TrainConfig)})}
+    fields_given = {f.name for f in dataclasses.fields(TrainConfig)}  # flags not given are absent (SUPPRESS)
+    flags = {k: v for k, v in vars(args).items() if k.startswith("model.") or k in fields_given}
     fields.update(flags)
     fields["model.variant"] = args.variant
     try:

@@ -3,6 +3,7 @@
 - :mod:`fcn_jax.configs.shapes`: the offline demo (the default of ``train.py``).
 - :mod:`fcn_jax.configs.reference`: the Caffe reference solver exactly.
 - :mod:`fcn_jax.configs.modern`: today's segmentation recipe on VOC2012 train_aug.
+- :mod:`fcn_jax.configs.reference_fixed`: FCN-32s-fixed, the reference solver training the score layers only.
 
 Copy one (``python -c "import fcn_jax.configs as c; print(c.path('shapes'))"`` prints where it is),
 edit it, and pass the copy to ``train.py --config my_config.py``; ``--config fields.json`` instead
@@ -17,7 +18,7 @@ from typing import Any
 
 from fcn_jax.config import TrainConfig, override
 
-PRESETS = ("shapes", "reference", "modern")
+PRESETS = ("shapes", "reference", "modern", "reference_fixed")
 
 
 def path(name: str) -> str:

@@ -5,39 +5,52 @@ Batches are NHWC: ``image`` (B, H, W, 3) float32 preprocessed per the weights' c
 B / process_count rows and the rows become one global ``jax.Array`` sharded along the mesh's data
 axis (``jax.make_array_from_process_local_data``).
 
-Order (training). The example order is the concatenation of epochs, epoch ``e`` being a
-permutation of the split seeded by (``seed``, ``e``) (grain's ``shuffle`` + ``repeat``).
+Order (training). ``sampling='epoch'``: the example order is the concatenation of epochs, epoch
+``e`` being a permutation of the split seeded by (``seed``, ``e``) (grain's ``shuffle`` + ``repeat``).
+``sampling='replacement'`` (Caffe's ``voc_layers.py``): position ``p`` is the ``p``-th
+``random.Random(seed).randint(0, n - 1)`` draw (position 0 = the first draw after seeding).
 Global batch ``i`` is positions ``[i*B, (i+1)*B)`` of that order: no example is dropped and a
 batch may straddle two epochs. Process ``k`` of ``P`` holds rows ``[k*B/P, (k+1)*B/P)`` of every
 global batch and reads only those examples, so the shards are disjoint, cover the split, and the
 global batches do not depend on the number of processes. The augmentation of a position is
 seeded by (``seed``, position), so it too is independent of sharding and of resumption. The
 position is the number of batches consumed: ``TrainIterator.get_state()`` is a small JSON dict,
-and ``set_state`` restarts from there by random access (nothing is replayed).
+and ``set_state`` restarts from there by random access (no image is re-read; with replacement the
+cheap RNG draws before that position are replayed once).
 
-Modes. ``reference``: whole images, no augmentation, padded to a bucket shape (H and W rounded up
-to ``bucket_multiple``; image padded with 0 = the mean colour after preprocessing, label with
-255). ``modern``: random scale in ``scale_range`` (bilinear image, nearest-neighbour label, same
-sampling grid), random ``crop_size`` square crop (padded as above where the scaled image is
-smaller), random horizontal flip, all applied to image and label together.
+Modes. ``reference``: whole images, no augmentation. With ``bucket_multiple=None`` (the reference)
+each image is used at its own size, unpadded (needs ``batch_size=1``); with an int, images are
+padded to a bucket shape (H and W rounded up to ``bucket_multiple``; image padded with 0 = the
+mean colour after preprocessing, label with 255). ``modern``: random scale in ``scale_range``
+(bilinear image, nearest-neighbour label, same sampling grid), random ``crop_size`` square crop
+(padded as above where the scaled image is smaller), random horizontal flip, all applied to image
+and label together.
 
-Evaluation: full resolution, no resizing; each batch padded to the bucket of its largest image,
-so the jitted step compiles once per bucket shape; the last batch is completed with all-void
-filler rows. Each example appears exactly once over all processes.
+Evaluation: full resolution, no resizing. By default (``bucket_multiple=None``) at exact size, as
+the reference: batches only group images of one (H, W), planned from the sizes of all examples
+(groups in order of first appearance, each chunked into global batches, the last one completed
+with all-void filler rows of the same shape), so the step compiles once per distinct size. With
+``bucket_multiple=N`` consecutive images are padded to the bucket of the largest (fewer programs,
+but padding changes the activations, so results differ from the reference). Each example appears
+exactly once over all processes.
 
 Host work (decoding, resizing, cropping, padding; all uint8) runs in grain's thread pool, where
 zlib, PIL and NumPy release the GIL. Batches cross to the device as uint8 and are preprocessed
 there (one small jitted elementwise program per batch shape), which quarters the transfer and
 takes the float conversion off the host. A background thread does the transfer ``prefetch``
 batches ahead. When
-several processes must agree on a padded shape (reference mode and evaluation with
-``jax.process_count() > 1``) that agreement is a collective, so it runs in the caller's thread.
+several processes must agree on a padded shape (bucketed reference mode and bucketed evaluation
+with ``jax.process_count() > 1``) that agreement is a collective, so it runs in the caller's thread.
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import os
+import random
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +65,7 @@ from fcn_jax.preprocess import VOID
 from fcn_jax.preprocess import check_convention, preprocess
 
 MODES = ("reference", "modern")
+SAMPLINGS = ("epoch", "replacement")
 Example = dict[str, Any]
 HostBatch = dict[str, Any]
 
@@ -65,16 +79,22 @@ class TrainInput:
     crop_size: int = 512  # modern: square crop side
     scale_range: tuple[float, float] = (0.5, 2.0)  # modern: uniform random scale
     flip: bool = True  # modern: random horizontal flip
-    bucket_multiple: int = 128  # reference: pad H and W up to a multiple of this
+    bucket_multiple: int | None = None  # reference: None = exact size, else pad H, W up to a multiple
     convention: str = "caffe"  # preprocessing: 'caffe' | 'torchvision'
     seed: int = 1337
+    sampling: str = "epoch"  # 'epoch' (per-epoch permutations) | 'replacement' (Caffe's random.randint)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"TrainInput.mode must be one of {MODES}, got {self.mode!r}")
-        if self.batch_size < 1 or self.crop_size < 1 or self.bucket_multiple < 1:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"TrainInput.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if min(self.batch_size, self.crop_size, 1 if self.bucket_multiple is None else self.bucket_multiple) < 1:
             raise ValueError(f"TrainInput sizes must be >= 1, got batch_size={self.batch_size}, "
                              f"crop_size={self.crop_size}, bucket_multiple={self.bucket_multiple}")
+        if self.mode == "reference" and self.bucket_multiple is None and self.batch_size != 1:
+            raise ValueError(f"reference mode at exact size (bucket_multiple=None) needs batch_size 1, got "
+                             f"{self.batch_size} (or set bucket_multiple to pad images to a common shape)")
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"TrainInput.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
@@ -128,11 +148,15 @@ def bucket_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, 
 
 
 def _pad_to(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int] | None = None,
-            multiple: int = 1) -> HostBatch:
-    """:func:`pad_batch` to ``shape``, or to the bucket of the pairs' sizes when ``shape`` is None."""
-    if shape is None:
-        shape = bucket_shape([p[1].shape for p in pairs if p is not None], multiple)
-    return pad_batch(pairs, shape)
+            multiple: int | None = 1) -> HostBatch:
+    """:func:`pad_batch` to ``shape``, else to the bucket of the pairs' sizes, else (``multiple``
+    None) to their one common size (no padding)."""
+    sizes = [p[1].shape for p in pairs if p is not None]
+    if shape is None and multiple is None:
+        if len(set(sizes)) != 1:
+            raise ValueError(f"an exact-size batch needs images of one size, got {sorted(set(sizes))}")
+        shape = sizes[0]
+    return pad_batch(pairs, bucket_shape(sizes, multiple) if shape is None else shape)
 
 
 def pad_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int]) -> HostBatch:
@@ -239,6 +263,27 @@ def _open_stream(local: grain.MapDataset, finalize: Callable[[HostBatch], Any], 
 # ------------------------------------------------------------------------------------------------
 # Training.
 
+class ReplacementDraws:
+    """Position ``p`` -> the ``p``-th ``random.Random(seed).randint(0, n - 1)`` draw (Caffe's voc_layers
+    order: ``random.seed(seed)``, then one ``randint`` per image). Random access: draws are made lazily
+    up to the highest position asked for and kept (8 bytes each); thread-safe."""
+
+    def __init__(self, seed: int, n: int):
+        if n < 1:
+            raise ValueError("sampling from an empty source")
+        self._rng, self._n = random.Random(seed), n
+        self._draws = array.array("q")
+        self._lock = threading.Lock()
+
+    def __getitem__(self, position: int) -> int:
+        with self._lock:
+            missing = position + 1 - len(self._draws)
+            if missing > 0:  # in blocks: the sequence is the same however it is cut
+                randint, last = self._rng.randint, self._n - 1
+                self._draws.extend(randint(0, last) for _ in range(max(missing, 1024)))
+            return self._draws[position]
+
+
 class TrainIterator:
     """Infinite iterator of training batches; see the module docstring for order and state.
 
@@ -272,16 +317,16 @@ class TrainIterator:
         self._step += 1
         return batch
 
-    def get_state(self) -> dict[str, int]:
+    def get_state(self) -> dict[str, int | str]:
         """JSON-serialisable position: batches consumed, plus what must match on restore."""
         return {"step": self._step, "seed": self._cfg.seed, "batch_size": self._cfg.batch_size,
-                "num_examples": self._num_examples}
+                "num_examples": self._num_examples, "sampling": self._cfg.sampling}
 
-    def set_state(self, state: dict[str, int]) -> None:
+    def set_state(self, state: dict[str, int | str]) -> None:
         """Continues from ``state`` (from ``get_state``); the next batch is the one that followed it."""
         mine = self.get_state()
-        for key in ("seed", "batch_size", "num_examples"):
-            if key in state and int(state[key]) != mine[key]:
+        for key in ("seed", "batch_size", "num_examples", "sampling"):
+            if key in state and type(mine[key])(state[key]) != mine[key]:
                 raise ValueError(f"iterator state has {key}={state[key]} but this pipeline has {key}={mine[key]}; "
                                  "resuming would not reproduce the uninterrupted batches")
         self.close()
@@ -318,7 +363,11 @@ def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.
     index, count, local_batch = _process_layout(cfg.batch_size, process_index, process_count)
     if len(source) == 0:
         raise ValueError("training source is empty")
-    ordered = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat()
+    if cfg.sampling == "replacement":
+        draws = ReplacementDraws(cfg.seed, len(source))
+        ordered = grain.MapDataset.range(sys.maxsize).map(lambda position: source[draws[position]])
+    else:
+        ordered = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat()
     if cfg.mode == "modern":
         pairs = ordered.random_map(lambda example, rng: augment(example, rng, cfg), seed=cfg.seed)
         batch_fn = functools.partial(_pad_to, shape=(cfg.crop_size, cfg.crop_size))
@@ -328,7 +377,7 @@ def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.
     # The order is infinite, so drop_remainder drops nothing (and keeps grain's length arithmetic integral).
     batches = pairs.batch(local_batch, drop_remainder=True, batch_fn=batch_fn)
     local = batches[index::count]  # rows [index*b, (index+1)*b) of every global batch
-    agree = cfg.mode == "reference" and jax.process_count() > 1
+    agree = cfg.mode == "reference" and cfg.bucket_multiple is not None and jax.process_count() > 1
 
     def finalize(batch: HostBatch) -> dict[str, jax.Array]:
         if agree:
@@ -362,29 +411,75 @@ def _file_name(example: Example) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str, bucket_multiple: int = 128,
+def example_sizes(source: Sequence[Example], num_threads: int | None = None) -> np.ndarray:
+    """(N, 2) int64 (H, W) of every example of ``source``, in order. Each example is read once (a tfds
+    array_record example is decoded whole), in grain's thread pool."""
+    shapes = grain.MapDataset.source(source).map(lambda e: np.shape(e["segmentation"])[:2])
+    threads = num_threads or _default_threads()
+    stream = shapes.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    return np.asarray(list(stream), np.int64).reshape(-1, 2)
+
+
+def eval_plan(sizes: Sequence[tuple[int, int]] | np.ndarray,
+              batch_size: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Exact-size global batches: ``[(shape (H, W), example indices (B,) with -1 for filler), ...]``.
+
+    Indices are grouped by size in order of first appearance; each group is chunked into batches of
+    ``batch_size`` in index order, its last batch completed with filler (of the group's shape)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(np.asarray(sizes, np.int64).reshape(-1, 2).tolist()):
+        groups.setdefault((h, w), []).append(i)
+    plan = []
+    for shape, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            rows = members[start:start + batch_size]
+            plan.append((shape, np.asarray(rows + [-1] * (batch_size - len(rows)), np.int64)))
+    return plan
+
+
+def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str, bucket_multiple: int | None = None,
+                 sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
                  sharding: jax.sharding.Sharding | None = None, process_index: int | None = None,
                  process_count: int | None = None, prefetch: int = 2,
                  num_threads: int | None = None) -> Iterator[EvalBatch]:
     """Full-resolution evaluation batches covering every example of ``source`` exactly once.
 
-    Global batch ``i`` holds examples ``[i*B, (i+1)*B)``; process ``k`` holds its rows
-    ``[k*b, (k+1)*b)`` (b = B / process_count) and reads only those. Every process yields
-    ``ceil(len(source) / B)`` batches; missing rows are all-void filler.
+    ``bucket_multiple=None`` (exact size, the reference's): the batches of :func:`eval_plan`, each of
+    one image size, from ``sizes`` ((N, 2) (H, W) of every example, e.g. :func:`example_sizes`,
+    computed here when None; pass them to reuse across calls). ``bucket_multiple=N``: global batch
+    ``i`` holds examples ``[i*B, (i+1)*B)`` padded to the bucket of its largest image (fewer shapes,
+    but the padding changes the predictions). Process ``k`` holds rows ``[k*b, (k+1)*b)`` of every
+    global batch (b = B / process_count) and reads only those; missing rows are all-void filler.
     """
     check_convention(convention)
     index, count, local_batch = _process_layout(batch_size, process_index, process_count)
+    if bucket_multiple is not None and bucket_multiple < 1:
+        raise ValueError(f"bucket_multiple must be >= 1 or None, got {bucket_multiple}")
     total = len(source)
+    if bucket_multiple is None:
+        sizes = example_sizes(source, num_threads) if sizes is None else np.asarray(sizes, np.int64).reshape(-1, 2)
+        if len(sizes) != total:
+            raise ValueError(f"{len(sizes)} sizes given for a source of {total} examples")
+        plan = eval_plan(sizes, batch_size)
+    else:
+        plan = [(None, np.asarray([r if r < total else -1 for r in range(start, start + batch_size)], np.int64))
+                for start in range(0, total, batch_size)]
 
     def local_rows(batch: int) -> HostBatch:
-        rows = [batch * batch_size + index * local_batch + j for j in range(local_batch)]
-        examples = [source[r] if r < total else None for r in rows]
-        host = _pad_to([as_uint8(e) if e is not None else None for e in examples], multiple=bucket_multiple)
-        host["indices"] = np.asarray([r if r < total else -1 for r in rows], np.int64)
+        shape, rows = plan[batch]
+        rows = rows[index * local_batch:(index + 1) * local_batch]
+        examples = [source[int(r)] if r >= 0 else None for r in rows]
+        pairs = [as_uint8(e) if e is not None else None for e in examples]
+        for r, pair in zip(rows, pairs):
+            if shape is not None and pair is not None and pair[1].shape != shape:
+                raise ValueError(f"example {r} is {pair[1].shape[0]}x{pair[1].shape[1]}, but its size was "
+                                 f"given as {shape[0]}x{shape[1]}")
+        host = _pad_to(pairs, shape, bucket_multiple)
+        host["indices"] = rows.copy()
         host["names"] = [_file_name(e) if e is not None else "" for e in examples]
         return host
 
-    agree = jax.process_count() > 1
+    agree = bucket_multiple is not None and jax.process_count() > 1
 
     def finalize(host: HostBatch) -> EvalBatch:
         if agree:
@@ -392,8 +487,7 @@ def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str,
         image, label = device_batch(host, convention, sharding)
         return EvalBatch(image=image, label=label, sizes=host["valid"], names=host["names"], indices=host["indices"])
 
-    num_batches = -(-total // batch_size)
-    local = grain.MapDataset.range(num_batches).map(local_rows)
+    local = grain.MapDataset.range(len(plan)).map(local_rows)
     return _eval_stream(local, finalize, agree=agree, prefetch=prefetch, num_threads=num_threads or _default_threads())
 
 

@@ -5,8 +5,8 @@ from fcn_jax.models.upsample import Upsample, bilinear_filter, bilinear_init, co
 from fcn_jax.models.backbones import BACKBONES, get_backbone
 from fcn_jax.models.backbones.vgg import VGG16, VGG16_BLOCKS
 from fcn_jax.models.heads import SkipHead
-from fcn_jax.models.fcn import FCN, INIT_SHAPE
+from fcn_jax.models.fcn import FCN, INIT_SHAPE, initial_variables
 
 __all__ = ["BACKBONES", "FCN", "INIT_SHAPE", "PADDINGS", "SPECS", "VARIANTS", "VGG16", "VGG16_BLOCKS", "SkipHead",
            "Upsample", "Upsampler", "VariantSpec", "bilinear_filter", "bilinear_init", "check_padding",
-           "check_variant", "conv_transpose", "get_backbone", "get_variant", "upsampler_names", "validate"]
+           "check_variant", "conv_transpose", "get_backbone", "get_variant", "initial_variables", "upsampler_names", "validate"]
