@@ -47,6 +47,11 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array
     return jnp.sum(jnp.where(valid, per_pixel, 0.0)), jnp.sum(valid).astype(jnp.float32)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every array of ``tree`` is finite (a boolean scalar)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def global_norm(tree: Any) -> jax.Array:
     """L2 norm over every array of ``tree``."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
@@ -170,9 +175,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConf
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         grads, total = jax.lax.fori_loop(0, accum, body, (zeros, jnp.zeros((), jnp.float32)))
-    new_state = state.apply_gradients(grads=grads)
+    updated = state.apply_gradients(grads=grads)
+    # A step whose loss, gradients or updated parameters are not all finite is not applied: the state
+    # stays as it was (so it can never be saved), and the loop stops at that step (``finite`` False).
+    finite = jnp.isfinite(total) & all_finite(grads) & all_finite(updated.params)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     metrics = {"loss": total * scale, "grad_norm": global_norm(grads), "labelled_pixels": count,
-               "lr": make_schedule(cfg)(state.step)}
+               "lr": make_schedule(cfg)(state.step), "finite": finite}
     return new_state, metrics
 
 
@@ -247,14 +256,16 @@ class _StopRequest:
 
 
 def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-    """Fetches pending step metrics; raises TrainingError at the first non-finite loss or gradient."""
+    """Fetches pending step metrics; raises TrainingError at the first step that was not finite (its
+    update was not applied, see :func:`train_step`)."""
     fetched = jax.device_get(pending)
     for step, m in fetched:
-        if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
+        if not (bool(m["finite"]) and math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
             raise TrainingError(
-                f"non-finite loss ({float(m['loss'])}) or gradient norm ({float(m['grad_norm'])}) at step "
-                f"{step}; stopping. The last checkpoint before it is kept. With the summed loss ('sum') the "
-                f"learning rate must be tiny (the reference uses 1e-10); lower --lr or use --loss mean.")
+                f"non-finite loss ({float(m['loss'])}), gradient norm ({float(m['grad_norm'])}) or updated "
+                f"parameters at step {step}; stopping without applying it. The last checkpoint before it is "
+                f"kept. With the summed loss ('sum') the learning rate must be tiny (the reference uses 1e-10); "
+                f"lower --lr or use --loss mean.")
     return fetched
 
 

@@ -112,3 +112,25 @@ def test_predict_usage_errors(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"predict.py: error: --ckpt {tmp_path / 'nothing'}: no such file or directory",
                    "predict.py: error: --alpha must lie in [0, 1], got 2.0"]
+
+
+def test_second_run_compiles_nothing(model_dir, tmp_path):
+    """The tools turn on JAX's persistent compilation cache: a second identical run adds no cache entry,
+    i.e. every program it needed was found on disk instead of being compiled again."""
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((21, 17, 3), 90, np.uint8)).save(image)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, FCN_JAX_COMPILATION_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    entries = []
+    for run in range(2):
+        cmd = [sys.executable, os.path.join(ROOT, "predict.py"), "--ckpt", model_dir, str(image),
+               "--out", str(tmp_path / f"out{run}")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        entries.append(sorted(os.listdir(cache)))
+    assert entries[0] and entries[1] == entries[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out0" / "a.png")),
+                                  np.asarray(Image.open(tmp_path / "out1" / "a.png")))

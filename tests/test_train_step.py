@@ -24,11 +24,17 @@ def tiny_config(variant="fcn16s", freeze="final", **overrides):
 
 
 def random_params(model, seed=0):
-    """Initial params with every layer random (score layers are zero at init, which hides gradients)."""
-    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))["params"]
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    return jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+    """Random params with every layer random and well scaled (score layers are zero at init, which hides
+    gradients), drawn from the parameter shapes: no init program to compile."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def fill(s):
+        if len(s.shape) == 1:  # biases
+            return jnp.asarray(0.05 * rng.standard_normal(s.shape), jnp.float32)
+        return jnp.asarray(rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1])), jnp.float32)
+
+    return jax.tree.map(fill, shapes)
 
 
 def batch(seed=0, n=1, h=13, w=11, void_fraction=0.3):
@@ -62,14 +68,16 @@ def test_reference_solver_update_by_hand():
     step = make_train_step(cfg, parallel.make_mesh(jax.devices()[:1]))
     b1, b2 = batch(1), batch(2)
 
+    @jax.jit  # one compiled program for both steps (op-by-op autodiff of the net compiles every op)
+    @jax.value_and_grad
     def summed_loss(p, b):
         logits = model.apply({"params": p}, b["image"])
         return pixel_cross_entropy(logits, b["label"])[0]
 
     labels = param_labels(params0, cfg.model)
-    lr, mom, wd = 1e-6, 0.99, 5e-4
+    lr, mom, wd = np.float32(1e-6), np.float32(0.99), np.float32(5e-4)
 
-    def hand_update(p, v, g):
+    def hand_update(p, v, g):  # in NumPy, leaf by leaf
         def one(label, p_, v_, g_):
             if label == "frozen":
                 return p_, v_
@@ -82,10 +90,11 @@ def test_reference_solver_update_by_hand():
         return (jax.tree.map(lambda t: t[0], out, is_leaf=lambda t: isinstance(t, tuple)),
                 jax.tree.map(lambda t: t[1], out, is_leaf=lambda t: isinstance(t, tuple)))
 
-    p, v = params0, jax.tree.map(jnp.zeros_like, params0)
+    p = jax.tree.map(np.asarray, params0)
+    v = jax.tree.map(np.zeros_like, p)
     for b in (b1, b2):
-        loss_expected = summed_loss(p, b)
-        p, v = hand_update(p, v, jax.grad(summed_loss)(p, b))
+        loss_expected, grads = summed_loss(p, b)
+        p, v = hand_update(p, v, jax.tree.map(np.asarray, grads))
         state, metrics = step(state, b)
         np.testing.assert_allclose(float(metrics["loss"]), float(loss_expected), rtol=1e-5)
     # compare the updates (params - initial params), which is where the solver's rule shows
@@ -135,25 +144,30 @@ DP_SCRIPT = textwrap.dedent("""
     from fcn_jax.config import ModelConfig
     from fcn_jax.configs import get_config
     from fcn_jax.train_lib import create_train_state, make_train_step
-    n = int(sys.argv[1])
     assert len(jax.devices()) == 4
     model_cfg = ModelConfig("fcn8s", 3, 1 / 16, dropout_rate=0.0)
     cfg = get_config("modern", "fcn8s", model=dict(model_cfg.__dict__, dtype="float32"), batch_size=4, lr=1e-3)
     model = cfg.model.build()
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
-    params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), params)
-    mesh = parallel.make_mesh(jax.devices()[:n])
-    state = jax.device_put(create_train_state(cfg, model, params), parallel.replicated(mesh))
-    step = make_train_step(cfg, mesh)
-    rng = np.random.default_rng(0)
-    losses = []
-    for i in range(3):
-        labels = rng.integers(0, 3, (4, 19, 17)); labels[rng.random(labels.shape) < 0.3] = 255
-        b = {{"image": rng.standard_normal((4, 19, 17, 3)).astype(np.float32) * 50, "label": labels.astype(np.int32)}}
-        b = jax.device_put(b, parallel.data_sharding(mesh))
-        state, m = step(state, b)
-        losses.append(float(m["loss"]))
-    print(json.dumps({{"losses": losses, "params": [np.asarray(x).ravel()[:50].tolist() for x in jax.tree.leaves(state.params)]}}))
+    # random, well-scaled params with every layer non-zero, from the shapes (no init program to compile)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    init_rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: (init_rng.standard_normal(s.shape) * (
+        0.05 if len(s.shape) == 1 else np.sqrt(2 / np.prod(s.shape[:-1])))).astype(np.float32), shapes)
+    out = {{}}
+    for n in (1, 4):  # both device counts in one process
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        state = jax.device_put(create_train_state(cfg, model, params), parallel.replicated(mesh))
+        step = make_train_step(cfg, mesh)
+        rng = np.random.default_rng(0)
+        losses = []
+        for i in range(3):
+            labels = rng.integers(0, 3, (4, 19, 17)); labels[rng.random(labels.shape) < 0.3] = 255
+            b = {{"image": rng.standard_normal((4, 19, 17, 3)).astype(np.float32) * 50, "label": labels.astype(np.int32)}}
+            b = jax.device_put(b, parallel.data_sharding(mesh))
+            state, m = step(state, b)
+            losses.append(float(m["loss"]))
+        out[n] = {{"losses": losses, "params": [np.asarray(x).ravel()[:50].tolist() for x in jax.tree.leaves(state.params)]}}
+    print(json.dumps(out))
 """)
 
 
@@ -161,12 +175,9 @@ def test_data_parallel_is_exact_on_4_devices(tmp_path):
     script = tmp_path / "dp.py"
     script.write_text(DP_SCRIPT.format(repo=REPO))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    outs = {}
-    for n in (1, 4):
-        res = subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, env=env,
-                             timeout=600)
-        assert res.returncode == 0, res.stderr[-3000:]
-        outs[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    outs = {int(n): v for n, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
     np.testing.assert_allclose(outs[4]["losses"], outs[1]["losses"], rtol=1e-5)
     for a, b in zip(outs[4]["params"], outs[1]["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
