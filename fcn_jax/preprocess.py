@@ -41,12 +41,17 @@ def _xp(x: Any):
 def preprocess(images: Any, convention: str = CAFFE) -> Any:
     """uint8 RGB images (..., H, W, 3) -> float32 network input (..., H, W, 3), NHWC.
 
-    Works on NumPy arrays (returns NumPy) and on jax arrays (returns jax arrays, jit-friendly).
+    Works on NumPy arrays (returns NumPy) and on jax arrays (returns jax arrays, jit-friendly). NumPy
+    floats that all lie in 0..1 are refused (ValueError): they are almost surely images scaled to 0..1.
     """
     check_convention(convention)
     xp = _xp(images)
     if images.shape[-1] != 3:
         raise ValueError(f"expected RGB images with 3 channels last, got shape {tuple(images.shape)}")
+    if xp is np and np.issubdtype(images.dtype, np.floating) and images.size and 0 <= images.min() <= images.max() <= 1:
+        raise ValueError(f"preprocess expects RGB values in 0..255 (uint8, or floats on that scale); these floats "
+                         f"lie in [{float(images.min()):g}, {float(images.max()):g}], which looks like 0..1: "
+                         f"multiply by 255 first")
     x = images.astype(xp.float32)
     if convention == CAFFE:
         return x[..., ::-1] - xp.asarray(CAFFE_MEAN_BGR, xp.float32)

@@ -352,6 +352,10 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
             bad.append(f"{e.key} has shape {_shape(tensors[e.key].shape)}, expected {_shape(expected)}")
     if bad:
         raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(bad)}")
+    broken = [f"{e.key} ({int(np.size(t) - np.isfinite(t).sum())} of {np.size(t)} values)" for e in table
+              if not np.isfinite(t := np.asarray(tensors[e.key], np.float32)).all()]
+    if broken:
+        raise WeightsError(f"{path}: non-finite values (NaN or inf) in {', '.join(broken)}")
     flat = {e.path: np.ascontiguousarray(e.transform.to_param(np.asarray(tensors[e.key])), np.float32)
             for e in table}
     rest = [p for p in shapes if p not in flat]

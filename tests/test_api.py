@@ -98,3 +98,11 @@ def test_create_model_validates_at_once(args, message):
     options = {"width": {"width": 2.0}, "padding": {"padding": "valid"}}.get(message, {})
     with pytest.raises(ValueError, match=message):
         fcn_jax.create_model(*args, **options)
+
+
+def test_preprocess_refuses_images_scaled_to_0_1():
+    image = np.random.default_rng(0).random((5, 4, 3))
+    with pytest.raises(ValueError, match="looks like 0..1: multiply by 255"):
+        fcn_jax.preprocess(image, "caffe")
+    x = fcn_jax.preprocess((image * 255).astype(np.uint8), "caffe")  # the same image, 0..255: fine
+    assert x.shape == (5, 4, 3) and x.dtype == np.float32

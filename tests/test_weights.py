@@ -446,3 +446,13 @@ def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) ->
 def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     np.savez(path, **tensors)
     return path
+
+
+def test_non_finite_weights_are_refused_naming_the_key(tmp_path: Path) -> None:
+    tensors = random_tensors("fcn", "fcn32s", seed=9)
+    tensors["conv3_2.weight"][0, 0, 1, 1] = np.nan
+    tensors["score_fr.bias"][:2] = np.inf
+    path = _write(tmp_path / "fcn32s_broken.npz", tensors)
+    with pytest.raises(WeightsError, match=r"fcn32s_broken.npz: non-finite values \(NaN or inf\) in "
+                                           r"conv3_2.weight \(1 of \d+ values\), score_fr.bias \(2 of 5 values\)"):
+        fcn_jax.load_weights(str(path), width=WIDTH)
