@@ -56,7 +56,9 @@ def trained(tmp_path_factory):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     ckpt = str(tmp_path_factory.mktemp("run") / "model")
     config = ModelConfig(variant="fcn32s", num_classes=len(SHAPES_CLASSES), width=1 / 16)
-    meta = checkpoint.model_meta(config, SHAPES_CLASSES, "caffe", config={"dataset": DATASET, "data_dir": data_dir})
+    # the run's validation setting (buckets of 32 px), the default eval.py takes from a checkpoint
+    meta = checkpoint.model_meta(config, SHAPES_CLASSES, "caffe",
+                                 config={"dataset": DATASET, "data_dir": data_dir, "eval_bucket_multiple": 32})
     checkpoint.save_model(ckpt, {"params": {**params, "score_fr": jax.device_get(head)}}, meta, step=3)
     return ckpt, data_dir
 
@@ -92,13 +94,13 @@ def test_eval_py_end_to_end(trained, tmp_path):
 
 
 def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
-    ckpt, _ = trained  # dataset and data directory: the training run's, as recorded in the checkpoint
+    ckpt, _ = trained  # dataset, data directory and buckets: the training run's, as recorded in the checkpoint
     assert main(["--ckpt", ckpt, "--flip", "--scales", "0.75,1", "--batch-size", "4", "--no-progress"]) == 0
     path = os.path.join(ckpt, "eval_shapes-tiny_validation.json")
     with open(path) as f:
         record = json.load(f)
     check_record(record, ckpt)
-    assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]}
+    assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]} and record["bucket_multiple"] == 32
     assert f"results written to {path}" in capsys.readouterr().out
     assert load_model(ckpt)[2].step == 3  # the results file does not disturb the checkpoint
 

@@ -9,7 +9,8 @@ import pytest
 
 import fcn_jax
 from fcn_jax.models import (BACKBONES, FCN, INIT_SHAPE, PADDINGS, VGG16, Upsample, bilinear_filter, check_padding,
-                            check_variant, conv_transpose, get_variant, upsampler_names, validate)
+                            check_variant, conv_transpose, get_variant, initial_variables, upsampler_names, validate)
+from test_evaluate import random_variables
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
 
@@ -127,7 +128,7 @@ def test_upsampler_names_and_score_init():
     model = fcn_jax.create_model("fcn16s", num_classes=5, width=1 / 16)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
     assert set(variables["params"]) == {"backbone", "score_fr", "score_pool4", "upscore2", "upscore16"}
-    real = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 1, 3)))["params"]
+    real = initial_variables(model, jax.random.PRNGKey(0))["params"]  # the init training uses, one program
     assert not np.any(np.asarray(real["score_pool4"]["kernel"])) and not np.any(np.asarray(real["score_fr"]["bias"]))
     np.testing.assert_array_equal(np.asarray(real["upscore16"]["kernel"])[:, :, 2, 2], bilinear_filter(32))
 
@@ -144,28 +145,29 @@ def test_atonce_differs_from_fcn8s_only_by_pool_scaling():
     x = jax.random.normal(jax.random.PRNGKey(1), (1, 21, 19, 3))
     at_once = fcn_jax.create_model("fcn8s-atonce", num_classes=3, width=1 / 16)
     plain = fcn_jax.create_model("fcn8s", num_classes=3, width=1 / 16)
-    params = at_once.init(jax.random.PRNGKey(0), x)["params"]
+    params = random_variables(at_once)["params"]  # every layer random (no init program to compile)
     keys = iter(jax.random.split(jax.random.PRNGKey(2), 4))
     for name in ("score_pool4", "score_pool3"):
         params[name] = {k: jax.random.normal(next(keys), v.shape) for k, v in params[name].items()}
     scaled = dict(params)
     for name, factor in (("score_pool4", 0.01), ("score_pool3", 1e-4)):
         scaled[name] = {"kernel": params[name]["kernel"] * factor, "bias": params[name]["bias"]}
-    a = at_once.apply({"params": params}, x)
-    b = plain.apply({"params": scaled}, x)
+    plain_apply = jax.jit(plain.apply)  # one program for both parameter sets
+    a = jax.jit(at_once.apply)({"params": params}, x)
+    b = plain_apply({"params": scaled}, x)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-    assert float(jnp.abs(a - plain.apply({"params": params}, x)).max()) > 1e-3
+    assert float(jnp.abs(a - plain_apply({"params": params}, x)).max()) > 1e-3
 
 
 def test_dropout_only_in_training():
     model = fcn_jax.create_model("fcn32s", num_classes=2, width=1 / 16)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 3))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero score layer so fc7 matters
-    a, b = model.apply(variables, x), model.apply(variables, x)
+    variables = random_variables(model)  # every layer random, so fc7 matters (no init program to compile)
+    apply = jax.jit(model.apply, static_argnames="train")
+    a, b = apply(variables, x), apply(variables, x)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    c = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-    d = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    c = apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    d = apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
     assert float(jnp.abs(c - d).max()) > 0
 
 

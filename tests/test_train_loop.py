@@ -3,6 +3,7 @@
 Every run is a real ``python train.py`` subprocess on the tiny shapes split. A persistent compilation
 cache shared by the subprocesses keeps the repeated runs fast.
 """
+import contextlib
 import json
 import os
 import signal
@@ -70,6 +71,22 @@ def run(args, env):
     return res.stdout
 
 
+@contextlib.contextmanager
+def beside(*runs):
+    """Starts ``(args, env)`` runs in the background and, on leaving, waits for them and checks they
+    succeeded. A run mostly keeps one core busy, so on two cores a run beside another costs little."""
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for args, env in runs]
+    try:
+        yield procs
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(o[-2000:] for o in outs)
+
+
 def final_params(workdir):
     variables, meta = checkpoint.load_model(str(workdir), "latest")
     return jax.tree.leaves(variables), meta
@@ -78,22 +95,21 @@ def final_params(workdir):
 def test_kill_sigterm_and_resume_equal_uninterrupted(env):
     steps = 14
     straight = env["root"] / "straight"
-    run(tiny_args(env, straight, steps), env["env"])
-
     broken = env["root"] / "broken"
-    code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
-    assert code == -signal.SIGKILL, out[-2000:]
-    killed_at = max(saved_steps(broken))
-    assert killed_at < steps, "the run finished before it could be killed"
+    with beside((tiny_args(env, straight, steps), env["env"])):  # the uninterrupted run, meanwhile
+        code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
+        assert code == -signal.SIGKILL, out[-2000:]
+        killed_at = max(saved_steps(broken))
+        assert killed_at < steps, "the run finished before it could be killed"
 
-    code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGTERM, killed_at)
-    assert code == 0, out[-2000:]
-    assert f"resuming from step {killed_at}" in out
-    assert "received signal" in out
-    stopped_at = max(saved_steps(broken))
-    assert killed_at < stopped_at < steps
+        code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGTERM, killed_at)
+        assert code == 0, out[-2000:]
+        assert f"resuming from step {killed_at}" in out
+        assert "received signal" in out
+        stopped_at = max(saved_steps(broken))
+        assert killed_at < stopped_at < steps
 
-    out = run(tiny_args(env, broken, steps), env["env"])
+        out = run(tiny_args(env, broken, steps), env["env"])
     assert f"resuming from step {stopped_at}" in out
     a, meta_a = final_params(straight)
     b, meta_b = final_params(broken)
@@ -129,16 +145,12 @@ def test_two_processes_train_and_one_restores(env):
     single process with two devices trains the same and restores the multi-host checkpoint."""
     port = _free_port()
     multi = env["root"] / "multihost"
-    procs = [subprocess.Popen(tiny_args(env, multi, 4, coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                                        process_id=i, eval_every=4),
-                              env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
-
     single = env["root"] / "single2dev"
     single_env = dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    run(tiny_args(env, single, 4, eval_every=4), single_env)
+    with beside(*[(tiny_args(env, multi, 4, coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=i,
+                             eval_every=4), env["env"]) for i in range(2)],
+                (tiny_args(env, single, 4, eval_every=4), single_env)):  # all three at once
+        pass
     a, meta = final_params(multi)
     b, _ = final_params(single)
     assert meta["step"] == 4

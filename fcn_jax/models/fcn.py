@@ -28,7 +28,10 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 
 def initial_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
     """``model.init(rng, zeros(INIT_SHAPE))`` as one compiled program (the forward pass is dead code),
-    compiled for speed rather than run time on CPU. Returns the variables ``{'params': ...}``."""
+    compiled for speed rather than run time on CPU. Returns the variables ``{'params': ...}``. Under a
+    transformation (``jax.eval_shape``, ``jax.jit``) it is plain ``model.init``."""
+    if isinstance(rng, jax.core.Tracer):
+        return model.init(rng, jnp.zeros(INIT_SHAPE, jnp.float32))
     lowered = jax.jit(model.init).lower(rng, jax.ShapeDtypeStruct(INIT_SHAPE, jnp.float32))
     options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
     return lowered.compile(compiler_options=options)(rng, jnp.zeros(INIT_SHAPE, jnp.float32))
