@@ -19,6 +19,7 @@ from fcn_jax import create_model
 from fcn_jax.data.pipeline import TrainInput, eval_batches, eval_plan, example_sizes, train_iterator
 from fcn_jax.evaluate import evaluate
 from fcn_jax.preprocess import CAFFE_MEAN_BGR, preprocess
+from test_evaluate import make_examples
 
 N = 4
 MEAN_B, MEAN_G, MEAN_R = CAFFE_MEAN_BGR
@@ -29,14 +30,7 @@ EVAL_SIZES = [(37, 53), (53, 37), (37, 53), (41, 41), (37, 53), (53, 37), (41, 4
 
 def random_examples(sizes, seed=0):
     """Random uint8 images; labels 0..N-1 with about 10% void."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, (h, w) in enumerate(sizes):
-        label = rng.integers(0, N, (h, w)).astype(np.uint8)
-        label[rng.random((h, w)) < 0.1] = 255
-        out.append({"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "segmentation": label,
-                    "file_name": f"img{i}"})
-    return out
+    return make_examples(sizes, num_classes=N, seed=seed)
 
 
 def index_examples(sizes):
