@@ -56,9 +56,9 @@ def trained(tmp_path_factory):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     ckpt = str(tmp_path_factory.mktemp("run") / "model")
     config = ModelConfig(variant="fcn32s", num_classes=len(SHAPES_CLASSES), width=1 / 16)
-    # the run's validation setting (buckets of 32 px), the default eval.py takes from a checkpoint
+    # the run's validation setting, the default eval.py takes from a checkpoint: one 128 px bucket, one program
     meta = checkpoint.model_meta(config, SHAPES_CLASSES, "caffe",
-                                 config={"dataset": DATASET, "data_dir": data_dir, "eval_bucket_multiple": 32})
+                                 config={"dataset": DATASET, "data_dir": data_dir, "eval_bucket_multiple": 128})
     checkpoint.save_model(ckpt, {"params": {**params, "score_fr": jax.device_get(head)}}, meta, step=3)
     return ckpt, data_dir
 
@@ -100,7 +100,7 @@ def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
     with open(path) as f:
         record = json.load(f)
     check_record(record, ckpt)
-    assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]} and record["bucket_multiple"] == 32
+    assert record["tta"] == {"flip": True, "scales": [0.75, 1.0]} and record["bucket_multiple"] == 128
     assert f"results written to {path}" in capsys.readouterr().out
     assert load_model(ckpt)[2].step == 3  # the results file does not disturb the checkpoint
 
@@ -144,7 +144,7 @@ def test_eval_weights_file(trained, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(fcn_jax.weights, "load", load)
     argv = ["--ckpt", str(weights), "--dataset", DATASET, "--data-dir", data_dir, "--batch-size", "2",
-            "--bucket-multiple", "32", "--no-progress"]
+            "--bucket-multiple", "128", "--no-progress"]  # every image in one bucket: one program
     assert main(argv) == 0
     with open(tmp_path / "fcn32s_shapes_eval_shapes-tiny_validation.json") as f:
         record = json.load(f)

@@ -142,13 +142,13 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_atonce_differs_from_fcn8s_only_by_pool_scaling():
     """With identical weights, fcn8s-atonce equals fcn8s whose score_pool4/3 kernels are pre-scaled."""
-    x = jax.random.normal(jax.random.PRNGKey(1), (1, 21, 19, 3))
+    rng = np.random.default_rng(1)  # NumPy draws: nothing to compile
+    x = jnp.asarray(rng.standard_normal((1, 21, 19, 3)), jnp.float32)
     at_once = fcn_jax.create_model("fcn8s-atonce", num_classes=3, width=1 / 16)
     plain = fcn_jax.create_model("fcn8s", num_classes=3, width=1 / 16)
     params = random_variables(at_once)["params"]  # every layer random (no init program to compile)
-    keys = iter(jax.random.split(jax.random.PRNGKey(2), 4))
     for name in ("score_pool4", "score_pool3"):
-        params[name] = {k: jax.random.normal(next(keys), v.shape) for k, v in params[name].items()}
+        params[name] = {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in params[name].items()}
     scaled = dict(params)
     for name, factor in (("score_pool4", 0.01), ("score_pool3", 1e-4)):
         scaled[name] = {"kernel": params[name]["kernel"] * factor, "bias": params[name]["bias"]}
@@ -161,7 +161,7 @@ def test_atonce_differs_from_fcn8s_only_by_pool_scaling():
 
 def test_dropout_only_in_training():
     model = fcn_jax.create_model("fcn32s", num_classes=2, width=1 / 16)
-    x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 3))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 5, 3)), jnp.float32)
     variables = random_variables(model)  # every layer random, so fc7 matters (no init program to compile)
     apply = jax.jit(model.apply, static_argnames="train")
     a, b = apply(variables, x), apply(variables, x)

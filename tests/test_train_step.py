@@ -64,8 +64,11 @@ def test_reference_solver_update_by_hand():
     cfg = tiny_config("fcn16s", lr=1e-6)  # a visible lr; the rule is what is tested
     model = cfg.model.build()
     params0 = random_params(model)
-    state = create_train_state(cfg, model, jax.tree.map(jnp.copy, params0))
-    step = make_train_step(cfg, parallel.make_mesh(jax.devices()[:1]))
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    # placed as the training loop places it: the step counter an array from the start, so the second
+    # step reuses the first step's program
+    state = jax.device_put(create_train_state(cfg, model, jax.tree.map(jnp.copy, params0)), parallel.replicated(mesh))
+    step = make_train_step(cfg, mesh)
     b1, b2 = batch(1), batch(2)
 
     @jax.jit  # one compiled program for both steps (op-by-op autodiff of the net compiles every op)
