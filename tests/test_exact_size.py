@@ -11,7 +11,6 @@ import random
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ from fcn_jax import create_model
 from fcn_jax.data.pipeline import TrainInput, eval_batches, eval_plan, example_sizes, train_iterator
 from fcn_jax.evaluate import evaluate
 from fcn_jax.preprocess import CAFFE_MEAN_BGR, preprocess
-from test_evaluate import make_examples
+from test_evaluate import make_examples, random_variables
 
 N = 4
 MEAN_B, MEAN_G, MEAN_R = CAFFE_MEAN_BGR
@@ -51,15 +50,7 @@ def decode(image: np.ndarray) -> list[int]:
 
 def random_params(model, seed=0):
     """Random, well-scaled values for every parameter (score layers included, which init zeroes)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    rng = np.random.default_rng(seed)
-
-    def fill(s):
-        if len(s.shape) == 1:
-            return (0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-        return (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))).astype(np.float32)
-
-    return jax.tree.map(fill, shapes)
+    return random_variables(model, seed)["params"]
 
 
 def numpy_hist(label, pred):
