@@ -10,7 +10,7 @@ from PIL import Image
 from fcn_jax import checkpoint, create_model
 from fcn_jax.config import ModelConfig
 from fcn_jax.cli.predict import find_images
-from fcn_jax.inference import load_image, to_rgb
+from fcn_jax.images import load_image, to_rgb
 from test_evaluate import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
