@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -161,6 +161,12 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
     return {"params": params}, meta
 
 
+def _first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line and 200 characters (Orbax messages can be pages)."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class TrainCheckpointer:
     """The training run's checkpoints: latest ``keep`` steps (async) plus the best by mean IU.
 
@@ -211,15 +217,59 @@ class TrainCheckpointer:
         meta = self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         return meta.get("metrics")
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        """Restores (state, meta, data_state) of ``step`` (default: latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved with ``step`` (model, class names, training config), read without the
+        arrays; CheckpointError naming the step's directory if it cannot be read."""
+        try:
+            with _quiet():
+                return dict(self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception as e:  # noqa: BLE001  (Orbax, JSON and file errors alike mean: unreadable)
+            raise CheckpointError(f"{self._step_dir(step)}: cannot read its metadata "
+                                  f"({_first_line(e)})") from None
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(str(self._latest.directory), str(step))
+
+    def restore(self, abstract_state: Any, step: int | None = None,
+                warn: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """Restores (state, meta, data_state) of ``step``, by default the latest step that restores.
+
+        Without ``step``, a damaged latest checkpoint (truncated or missing files, bad metadata) is moved
+        aside to ``<step>.damaged`` (never deleted), reported through ``warn`` with the reason, and the
+        next older one is tried. An explicitly requested damaged step raises CheckpointError naming it.
+        """
+        candidates = sorted(self._latest.all_steps(), reverse=True) if step is None else [step]
+        if not candidates:
             raise CheckpointError(f"{self.workdir}: nothing to restore")
-        restored = self._latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
-            data=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["meta"]), dict(restored["data"])
+        for candidate in candidates:
+            try:
+                with _quiet():
+                    restored = self._latest.restore(candidate, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+                        data=ocp.args.JsonRestore()))
+                return restored["state"], dict(restored["meta"]), dict(restored["data"])
+            except Exception as e:  # noqa: BLE001  (any failure to read a step means it is damaged)
+                reason = _first_line(e)
+                if step is not None:
+                    raise CheckpointError(f"{self._step_dir(candidate)}: cannot be restored ({reason})") from None
+                aside = self.set_aside(candidate)
+                if warn is not None:
+                    warn(f"warning: checkpoint {self._step_dir(candidate)} cannot be restored ({reason}); "
+                         f"moved to {aside}, trying the previous one")
+        raise CheckpointError(f"{self.workdir}: no checkpoint can be restored (each damaged one was moved to "
+                              f"<step>.damaged); move them back or use another --workdir")
+
+    def set_aside(self, step: int) -> str:
+        """Renames checkpoint ``step`` to ``<step>.damaged`` (or ``.damaged2``, ...) so it is no longer a
+        step, and returns the new path."""
+        source = self._step_dir(step)
+        target, k = source + ".damaged", 1
+        while os.path.exists(target):
+            k += 1
+            target = f"{source}.damaged{k}"
+        os.replace(source, target)
+        self._latest.reload()
+        return target
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

@@ -122,7 +122,14 @@ class TrainConfig:
     sampling: str = option("epoch", "training order: 'epoch' (a permutation per epoch) or 'replacement' "
                            "(uniform draws with replacement, Caffe's voc_layers.py)", ("epoch", "replacement"))
     preprocessing: str = option("caffe", "input convention (must match --init weights)", CONVENTIONS)
+    void_value: int = option(255, "folder: datasets: the mask value of ignored pixels (excluded from loss and "
+                             "metrics)")
+    binary_masks: bool = option(False, "folder: datasets: masks are binary, 0 = background and any other "
+                                "value (e.g. 255) = foreground (class 1)")
     loss: str = option("mean", "'sum' over labelled pixels (reference) or 'mean'", ("sum", "mean"))
+    class_weights: str | None = option(None, "per-class loss weights: 'frequency' (median-frequency balancing "
+                                       "over the training masks), a file of one weight per class, or "
+                                       "comma-separated numbers; resolved to numbers at start (None: unweighted)")
     optimizer: str = option("sgd", "'sgd' (momentum) or 'adamw'", ("sgd", "adamw"))
     lr: float = option(0.01, "base learning rate")
     schedule: str = option("poly", "'fixed' or 'poly' (power 0.9)", ("fixed", "poly"))
@@ -168,8 +175,32 @@ class TrainConfig:
                 re.compile(pattern or "")
             except re.error as e:
                 raise ValueError(f"{name}={pattern!r} is not a regular expression ({e})") from None
+        if not 0 <= self.void_value <= 255:
+            raise ValueError(f"void_value must be in 0..255, got {self.void_value}")
+        if self.class_weights is not None and "," in self.class_weights:
+            parse_class_weights(self.class_weights, self.model.num_classes)
         if self.init is not None:  # 'vgg16:' / 'ckpt:' prefixes of earlier versions are accepted
             object.__setattr__(self, "init", strip_init_prefix(self.init))
+
+
+FREQUENCY = "frequency"
+
+
+def parse_class_weights(text: str, num_classes: int, source: str = "class_weights") -> tuple[float, ...]:
+    """Weights written as numbers separated by commas, spaces or newlines (one per class) -> a tuple.
+
+    Raises ValueError naming ``source`` unless there are ``num_classes`` finite, non-negative numbers,
+    not all zero.
+    """
+    try:
+        values = tuple(float(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        raise ValueError(f"{source}: expected numbers separated by commas, got {text.strip()[:60]!r}") from None
+    if len(values) != num_classes:
+        raise ValueError(f"{source}: {len(values)} weights for {num_classes} classes")
+    if not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise ValueError(f"{source}: weights must be finite, >= 0 and not all zero, got {list(values)}")
+    return values
 
 
 def strip_init_prefix(init: str) -> str:

@@ -100,9 +100,11 @@ class Inference:
     """
 
     def __init__(self, model: Any, variables: Mapping[str, Any], preprocessing: str, *,
-                 class_names: Sequence[str] | None = None, flip: bool = False, scales: Sequence[float] = (1.0,)):
+                 class_names: Sequence[str] | None = None, flip: bool = False, scales: Sequence[float] = (1.0,),
+                 colours: Sequence[Sequence[int]] | None = None):
         self.model, self.preprocessing = model, check_convention(preprocessing)
         self.class_names = None if class_names is None else tuple(class_names)
+        self.colours = None if colours is None else tuple(tuple(int(v) for v in c) for c in colours)
         self.flip, self.scales = bool(flip), check_scales(scales)
         self.variables = jax.device_put(as_variables(variables))
         single = is_single_pass(self.flip, self.scales)
@@ -122,8 +124,15 @@ class Inference:
              flip: bool = False, scales: Sequence[float] = (1.0,)) -> Inference:
         """An :class:`Inference` for anything :func:`fcn_jax.load_model` loads."""
         variables, info = load(path, step=step, dtype=dtype)
+        return cls.from_info(variables, info, flip=flip, scales=scales)
+
+    @classmethod
+    def from_info(cls, variables: Mapping[str, Any], info: Any, *, flip: bool = False,
+                  scales: Sequence[float] = (1.0,)) -> Inference:
+        """An :class:`Inference` for ``variables`` and the :class:`fcn_jax.loading.ModelInfo` loaded with
+        them (network, preprocessing, class names and colours)."""
         return cls(info.config.build(), variables, info.preprocessing, class_names=info.class_names, flip=flip,
-                   scales=scales)
+                   scales=scales, colours=info.colours)
 
     def predict(self, image: np.ndarray | str | os.PathLike, *,
                 probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

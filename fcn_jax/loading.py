@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flax import traverse_util
@@ -51,6 +51,7 @@ class ModelInfo:
     step: int | None
     source: str
     meta: Mapping[str, Any]
+    colours: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def training_config(self) -> Mapping[str, Any]:
@@ -98,12 +99,18 @@ def _info(path: str, meta: dict[str, Any], dtype: str | None) -> ModelInfo:
         if len(names) != config.num_classes:
             raise ValueError(f"{len(names)} class names for {config.num_classes} classes")
         convention = check_convention(meta.get("preprocessing"))
+        colours = meta.get("colours")
+        if colours is not None:
+            colours = tuple(tuple(int(v) for v in c) for c in colours)
+            if len(colours) != config.num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c)
+                                                         for c in colours):
+                raise ValueError(f"colours: expected {config.num_classes} RGB triples in 0..255")
     except (ValueError, KeyError, TypeError) as e:
         raise LoadError(f"{path}: bad metadata: {e}") from None
     step = meta.get("step")
     return ModelInfo(config=config, class_names=names, preprocessing=convention,
                      step=None if step is None else int(step), source=os.path.abspath(path),
-                     meta=dict(meta, class_names=list(names)))
+                     meta=dict(meta, class_names=list(names)), colours=colours)
 
 
 def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | None = None,
@@ -154,8 +161,37 @@ def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *,
     return traverse_util.unflatten_dict(out), kept
 
 
+def describe_transfer(target: ModelConfig, params: Mapping[str, Any], kept: Sequence[str],
+                      keep: Sequence[str] = ()) -> str:
+    """One line per outcome of :func:`transfer` into a ``target`` model with parameter tree ``params``:
+    the layers copied and the layers left at their initialisation, with what that is (score layers:
+    zeros, as the reference initialises new score layers; upsamplers: bilinear)."""
+    from fcn_jax.models import upsampler_names
+    layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr') -> copied entirely
+    for path in traverse_util.flatten_dict(dict(params)):
+        layer = "/".join(path[:2] if path[0] == "backbone" else path[:1])
+        layers[layer] = layers.get(layer, True) and "/".join(path) not in kept
+    copied = [name for name, ok in layers.items() if ok]
+    backbone = [name for name in copied if name.startswith("backbone/")]
+    heads = [name for name in copied if not name.startswith("backbone/")]
+    parts = ([f"backbone ({len(backbone)} layers)"] if backbone else []) + heads
+    ups = set(upsampler_names(target.variant))
+
+    def how(name: str) -> str:
+        if name in keep:
+            return "bilinear, fixed"
+        if name in ups:
+            return "bilinear"
+        return "zeros" if name.startswith("score") else "initialised"
+
+    fresh = [f"{name} ({how(name)})" for name, ok in layers.items() if not ok]
+    return (f"copied {len(copied)} of {len(layers)} layers: {', '.join(parts) or 'none'}\n"
+            f"re-initialised for {target.variant} with {target.num_classes} classes: {', '.join(fresh) or 'none'}")
+
+
 def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
-                step: str | int = "latest", keep: Sequence[str] = ()) -> tuple[dict[str, Any], ModelInfo]:
+                step: str | int = "latest", keep: Sequence[str] = (),
+                report: Callable[[str], None] | None = None) -> tuple[dict[str, Any], ModelInfo]:
     """Training's ``--init``: ``params`` (the new model's initial tree) with every layer of ``path``
     that fits copied in (see :func:`transfer`).
 
@@ -164,7 +200,8 @@ def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.P
     ``upscore2``), or an FCN with another class count (fine-tuning: score layers start afresh).
     A training workdir is read at ``step`` ('latest' by default). Layers named in ``keep`` stay at
     ``params``' values: the reference's solve.py re-fills every fixed upsampler with the bilinear kernel
-    after copying. Returns (params, source info).
+    after copying. ``report`` (e.g. ``print``) receives :func:`describe_transfer`'s lines, prefixed by the
+    source. Returns (params, source info).
     """
     path = os.fspath(path)
     if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
@@ -174,5 +211,11 @@ def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.P
     else:
         variables, info = load(path, step=step, width=target.width)
         source = variables["params"]
-    new, _ = transfer(params, source, keep=keep)
+    new, kept = transfer(params, source, keep=keep)
+    if report is not None:
+        what = (f"{info.config.variant}, {info.config.num_classes} classes"
+                + ("" if info.step is None else f", step {info.step}")
+                if info.meta.get("format") in (CHECKPOINT_FORMAT, weights.FCN_FORMAT) else info.meta.get("format"))
+        report(f"init from {path} ({what}):\n"
+               + describe_transfer(target, params, kept, keep))
     return new, info

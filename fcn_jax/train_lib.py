@@ -5,6 +5,7 @@ Plain functions in the style of flax's examples: :func:`create_train_state`, :fu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 
 from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax import parallel
-from fcn_jax.config import ModelConfig, TrainConfig, format_config, to_dict
+from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, to_dict
 from fcn_jax.models import initial_variables, upsampler_names
 
 
@@ -34,17 +35,20 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- loss
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Softmax cross-entropy summed over labelled pixels.
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        class_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Softmax cross-entropy summed over labelled pixels, each weighted by its class's weight.
 
-    logits (N, H, W, C) float; labels (N, H, W) int, values outside 0..C-1 (255 = void) ignored.
-    Returns (sum of per-pixel losses, number of labelled pixels), both float32 scalars.
+    logits (N, H, W, C) float; labels (N, H, W) int, values outside 0..C-1 (255 = void) ignored;
+    class_weights (C,) float or None (all 1). Returns (sum of weighted per-pixel losses, sum of the
+    labelled pixels' weights: their number when unweighted), both float32 scalars.
     """
     num_classes = logits.shape[-1]
     valid = (labels >= 0) & (labels < num_classes)
-    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-    return jnp.sum(jnp.where(valid, per_pixel, 0.0)), jnp.sum(valid).astype(jnp.float32)
+    safe = jnp.where(valid, labels, 0)
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    weight = valid.astype(jnp.float32) if class_weights is None else jnp.where(valid, class_weights[safe], 0.0)
+    return jnp.sum(weight * per_pixel), jnp.sum(weight)
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -132,22 +136,67 @@ def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = 
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params))
 
 
+def class_weight_array(cfg: TrainConfig) -> jax.Array | None:
+    """``cfg.class_weights`` as a (C,) float32 array (None: unweighted); it must be resolved to numbers
+    (:func:`resolve_class_weights`)."""
+    if cfg.class_weights is None:
+        return None
+    return jnp.asarray(parse_class_weights(cfg.class_weights, cfg.model.num_classes), jnp.float32)
+
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015) from per-class labelled-pixel counts (C,):
+    ``w_c = median(f) / f_c`` with ``f_c = counts_c / counts.sum()``, the median over the classes present;
+    a class absent from the counts gets weight 1 (it never occurs in the loss)."""
+    counts = np.asarray(counts, np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no labelled pixels to compute class frequencies from")
+    freq = counts / counts.sum()
+    return np.where(present, np.median(freq[present]) / np.where(present, freq, 1.0), 1.0)
+
+
+def resolve_class_weights(cfg: TrainConfig, counts: Callable[[], np.ndarray]) -> TrainConfig:
+    """``cfg`` with ``class_weights`` written out as numbers: 'frequency' from ``counts()`` (the training
+    split's per-class pixel counts, :func:`median_frequency_weights`), a file path read (numbers separated
+    by commas, spaces or newlines). Raises ValueError naming the file."""
+    value = cfg.class_weights
+    if value is None or "," in value:
+        return cfg
+    if value == FREQUENCY:
+        weights = median_frequency_weights(counts())
+    else:
+        try:
+            with open(value) as f:
+                text = f.read()
+        except OSError as e:
+            raise ValueError(f"--class-weights {value}: cannot read ({e.strerror or e})") from None
+        weights = parse_class_weights(text, cfg.model.num_classes, source=f"--class-weights {value}")
+    return dataclasses.replace(cfg, class_weights=",".join(f"{w:.6g}" for w in weights))
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConfig) -> tuple[TrainState, dict]:
     """One optimiser step on a global batch {'image': (B,H,W,3) float, 'label': (B,H,W) int}.
 
     The batch is split into ``cfg.grad_accum`` micro-batches whose gradients are summed; the loss is
     the sum over labelled pixels divided by the batch size B ('sum', Caffe's ``normalize: false``; with
     accumulation it is Caffe's ``iter_size`` average) or by the batch's labelled-pixel count ('mean'),
-    so accumulation and data parallelism give exactly the full-batch gradient.
+    so accumulation and data parallelism give exactly the full-batch gradient. With ``class_weights``
+    each pixel's loss is multiplied by its class's weight and 'mean' divides by the weights' sum.
     Dropout keys derive from (seed, step), so a resumed run draws the same masks.
     """
     images, labels = batch["image"], batch["label"]
     accum = cfg.grad_accum
     num_classes = cfg.model.num_classes
-    count = jnp.sum((labels >= 0) & (labels < num_classes)).astype(jnp.float32)
+    valid = (labels >= 0) & (labels < num_classes)
+    count = jnp.sum(valid).astype(jnp.float32)
+    weights = class_weight_array(cfg)
+    total_weight = count if weights is None else jnp.sum(jnp.where(valid, weights[jnp.where(valid, labels, 0)], 0.0))
     # 'sum': Caffe's SoftmaxWithLoss with normalize: false divides the summed loss by the batch size N,
     # and iter_size divides the accumulated gradient by iter_size: the sum over the whole batch / B.
-    scale = 1.0 / images.shape[0] if cfg.loss == "sum" else 1.0 / jnp.maximum(count, 1.0)
+    # 'mean': divided by the labelled pixels' total weight (their count when unweighted), as PyTorch's
+    # weighted cross-entropy with reduction='mean'.
+    scale = 1.0 / images.shape[0] if cfg.loss == "sum" else 1.0 / jnp.maximum(total_weight, 1e-12)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
     fixed = jax.tree.map(lambda label: label == "frozen", param_labels(state.params, cfg.model, cfg.trainable,
                                                                        cfg.frozen))
@@ -156,7 +205,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConf
         # frozen parameters get no gradient at all, so XLA drops their backward pass
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, fixed)
         logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
-        total, _ = pixel_cross_entropy(logits, y)
+        total, _ = pixel_cross_entropy(logits, y, weights)
         return total * scale, total
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -195,12 +244,14 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh) -> Callable[[TrainState, dict]
 
 # ------------------------------------------------------------------------------------ initialisation
 
-def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]:
+def initial_params(cfg: TrainConfig, model: nn.Module,
+                   report: Callable[[str], None] | None = None) -> tuple[Any, str | None]:
     """Parameters to start from and the preprocessing convention they imply (None: no preference).
 
     ``cfg.init``: None -> the model's initialisation; a path -> every layer of it that fits copied
     over the initialisation (:func:`fcn_jax.loading.init_params`: ImageNet VGG16, an earlier stage, an
     FCN with other classes), except the fixed upsamplers, which stay exactly bilinear (solve.py).
+    ``report`` receives the layers copied and re-initialised.
     """
     params = init_params(cfg, model)  # the model's own init for layers a source lacks
     if cfg.init is None:
@@ -208,19 +259,84 @@ def initial_params(cfg: TrainConfig, model: nn.Module) -> tuple[Any, str | None]
     from fcn_jax import loading
     labels = param_labels(params, cfg.model)
     fixed = [name for name in upsampler_names(cfg.model.variant) if labels[name]["kernel"] == "frozen"]
-    params, info = loading.init_params(cfg.model, params, cfg.init, keep=fixed)  # fixed upsamplers: bilinear
+    params, info = loading.init_params(cfg.model, params, cfg.init, keep=fixed,  # fixed upsamplers: bilinear
+                                       report=report)
     return params, info.preprocessing
+
+
+def dataset_options(cfg: TrainConfig) -> dict[str, Any]:
+    """How ``cfg``'s dataset is read (keyword options of :func:`fcn_jax.data.load_split`)."""
+    return {"void": cfg.void_value, "binary": cfg.binary_masks}
+
+
+def write_json(path: str, record: Any) -> str:
+    """Writes ``record`` as indented JSON to ``path`` atomically (a temporary file, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def write_config(cfg: TrainConfig, workdir: str) -> str:
     """Writes the effective config to ``WORKDIR/config.json`` (atomically); returns the path."""
-    path = os.path.join(workdir, "config.json")
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(to_dict(cfg), f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(os.path.join(workdir, "config.json"), to_dict(cfg))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _saved_config(checkpoints: ckpt_lib.TrainCheckpointer, step: int, workdir: str,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """The training config recorded with the newest checkpoint whose metadata reads (damaged newer ones
+    are set aside with a warning); ``{}`` if none records one."""
+    while True:
+        try:
+            return checkpoints.meta(step).get("config") or {}
+        except ckpt_lib.CheckpointError as e:
+            aside = checkpoints.set_aside(step)
+            log(f"warning: {e}; moved to {aside}, trying the previous one")
+            step = checkpoints.latest_step()
+            if step is None:
+                raise TrainingError(f"{workdir}: no checkpoint can be restored (damaged ones were moved to "
+                                    f"<step>.damaged)") from None
+
+
+def check_resume(cfg: TrainConfig, saved: dict[str, Any], workdir: str, log: Callable[[str], None]) -> None:
+    """Compares the requested config with the one a workdir was trained with: a different network is a
+    TrainingError naming each field; other changes (lr, steps, ...) are allowed and logged as a warning."""
+    old, new = _flat(saved), _flat(to_dict(cfg))
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    model = [k for k in changed if k.startswith("model.")]
+    if model:
+        raise TrainingError(f"{workdir} holds a different network: " + "; ".join(
+            f"{k[len('model.'):]} {old[k]!r} there, {new[k]!r} requested" for k in model)
+            + "; use another --workdir or the run's settings")
+    others = [k for k in changed if k not in ("init", "preset")]
+    if others:
+        log("warning: resuming with settings that differ from the run's: "
+            + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in others))
+
+
+def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The summary of a run that already reached ``cfg.steps``: its last validation scores, from its log."""
+    from fcn_jax.summary import read_metrics
+    path = os.path.join(workdir, "metrics.jsonl")
+    records = [r for r in read_metrics(path) if "val/mean_iu" in r] if os.path.exists(path) else []
+    scores = {k[len("val/"):]: v for k, v in records[-1].items() if k.startswith("val/")} if records else {}
+    last = (f"; last validation (step {records[-1]['step']}): mean IU {100 * scores['mean_iu']:.2f}%"
+            if records else "")
+    log(f"{workdir} is already trained to step {step} (--steps {cfg.steps}){last}; raise --steps to train longer")
+    return {"step": step, "scores": scores, "interrupted": False, "signal": None, "workdir": workdir,
+            "finished_before": True}
 
 
 def _abstract_state(cfg: TrainConfig, model: nn.Module, mesh: Mesh) -> Any:
@@ -274,8 +390,10 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     """Trains ``cfg`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
     Saves every ``checkpoint_every`` steps, at the end and on SIGTERM / Ctrl-C (then returns early with
-    ``interrupted`` set); validates every ``eval_every`` steps and keeps ``WORKDIR/best``. Returns a
-    summary: final step, last validation scores, interrupted flag.
+    ``interrupted`` set and ``signal`` the signal's number); validates every ``eval_every`` steps and keeps
+    ``WORKDIR/best``. A damaged latest checkpoint is set aside and the previous one resumed; a run already
+    at ``cfg.steps`` reports its last scores. Returns a summary: final step, last validation scores,
+    interrupted flag.
     """
     from tqdm import tqdm
 
@@ -294,15 +412,23 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     lead = jax.process_index() == 0
     if not lead:
         log = lambda _: None  # noqa: E731  (only process 0 reports)
-    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir)
+    options = dataset_options(cfg)
+    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, **options)
     if ds_meta.num_classes != cfg.model.num_classes:
         raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
                             f"{cfg.model.num_classes} (--num-classes)")
+    if ds_meta.description:
+        log(ds_meta.description)
+    cfg = resolve_class_weights(cfg, lambda: data_lib.class_pixel_counts(
+        cfg.dataset, ds_meta.train_split, cfg.data_dir, progress=progress and lead, **options))
+    if cfg.class_weights is not None:
+        log("class weights: " + ", ".join(f"{name} {w}" for name, w in
+                                          zip(ds_meta.class_names, cfg.class_weights.split(","))))
     model = cfg.model.build()
     checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is None:
-        params, convention = initial_params(cfg, model)
+        params, convention = initial_params(cfg, model, report=log)
         if cfg.preprocessing != (convention or cfg.preprocessing):
             raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
                                 f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
@@ -310,25 +436,29 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         data_state = None
         start = 0
     else:
-        state, saved_meta, data_state = checkpoints.restore(_abstract_state(cfg, model, mesh))
-        saved_model = ckpt_lib.model_config_from_meta(saved_meta)
-        if saved_model != cfg.model:
-            raise TrainingError(f"{workdir} holds a {saved_model} run, not {cfg.model}; use another --workdir")
+        check_resume(cfg, _saved_config(checkpoints, start, workdir, log), workdir, log)
+        state, saved_meta, data_state = checkpoints.restore(_abstract_state(cfg, model, mesh), warn=log)
+        start = int(saved_meta["step"])
         state = state.replace(apply_fn=model.apply, tx=make_optimizer(cfg, state.params))
+        if start >= cfg.steps:
+            checkpoints.close()
+            return _finished(cfg, workdir, start, log)
         log(f"resuming from step {start} in {workdir}")
     log(format_config(cfg, "effective config"))
     if lead:
         write_config(cfg, workdir)
-    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg))
+        write_json(os.path.join(workdir, "dataset.json"), data_lib.dataset_summary(cfg.dataset, cfg.data_dir,
+                                                                                   **options))
+    extra = {"colours": [list(c) for c in ds_meta.colours]} if ds_meta.colours else {}
+    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg), **extra)
 
-    train_iter = pipeline.train_iterator(data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir),
-                                         train_input, sharding=parallel.data_sharding(mesh))
-    if data_state is not None:
-        train_iter.set_state(data_state)
-    eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir)
+    train_source = data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir, **options)
+    eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir, **options)
     eval_sizes = None  # exact-size validation plans its batches from every image's size, read once
     step_fn = make_train_step(cfg, mesh)
     writer = SummaryWriter(workdir, enabled=lead)
+    # the iterator's threads start here: from now on everything runs inside the try that closes it
+    train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
 
     def validate(step: int) -> dict[str, float]:
         nonlocal eval_sizes
@@ -351,9 +481,11 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     scores: dict[str, float] = {}
     pending: list[tuple[int, dict]] = []
     window_start, window_images = time.perf_counter(), 0
-    interrupted = False
+    interrupted: int | None = None  # the signal that stopped the run
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
     try:
+        if data_state is not None:
+            train_iter.set_state(data_state)
         with _StopRequest() as stop:
             for step in range(start + 1, cfg.steps + 1):
                 batch = next(train_iter)
@@ -391,7 +523,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
                         raise TrainingError(f"received signal {stop.signal} but step {step} is not on disk "
                                             f"(latest saved: {on_disk}); run again to resume from there")
                     log(f"received signal {stop.signal}: saved step {step} in {workdir}; run again to resume")
-                    interrupted = True
+                    interrupted = stop.signal
                     break
     finally:
         bar.close()
@@ -399,6 +531,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         writer.close()
         if hasattr(train_iter, "close"):
             train_iter.close()
-    if lead and os.path.exists(writer.path) and not interrupted:
+    if lead and os.path.exists(writer.path) and interrupted is None:
         plot_learning_curves(writer.path, os.path.join(workdir, "learning_curves.png"))
-    return {"step": int(state.step), "scores": scores, "interrupted": interrupted, "workdir": workdir}
+    return {"step": int(state.step), "scores": scores, "interrupted": interrupted is not None,
+            "signal": interrupted, "workdir": workdir}

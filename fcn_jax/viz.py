@@ -34,6 +34,18 @@ def voc_palette(n: int = 256) -> np.ndarray:
 PALETTE = voc_palette()
 
 
+def class_palette(colours: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(256, 3) uint8 palette: the dataset's own class ``colours`` (C, 3) for classes 0..C-1 (a folder
+    dataset's classes.txt), the VOC colours for the rest (255 = void stays VOC cream)."""
+    palette = PALETTE.copy()
+    if colours is not None and len(colours):
+        table = np.asarray(colours, np.int64)
+        if table.ndim != 2 or table.shape[1] != 3 or len(table) > 255 or table.min() < 0 or table.max() > 255:
+            raise ValueError(f"expected up to 255 RGB colours in 0..255, got shape {table.shape}")
+        palette[:len(table)] = table
+    return palette
+
+
 def _check_label(label: np.ndarray) -> np.ndarray:
     label = np.asarray(label)
     if label.ndim != 2:
@@ -43,11 +55,12 @@ def _check_label(label: np.ndarray) -> np.ndarray:
     return label.astype(np.uint8)
 
 
-def colorize(label: np.ndarray) -> Image.Image:
-    """(H, W) class indices -> palette ('P') image with the VOC colours; pixel values stay indices."""
+def colorize(label: np.ndarray, colours: Sequence[Sequence[int]] | None = None) -> Image.Image:
+    """(H, W) class indices -> palette ('P') image with the class colours (:func:`class_palette`: VOC's
+    unless ``colours`` are given); pixel values stay indices."""
     label = _check_label(label)
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
-    image.putpalette(PALETTE.reshape(-1).tolist())
+    image.putpalette(class_palette(colours).reshape(-1).tolist())
     return image
 
 
@@ -59,7 +72,8 @@ def _present(labels: Sequence[np.ndarray], num_classes: int) -> list[int]:
     return sorted(c for c in found if 0 <= c < num_classes)
 
 
-def _legend(classes: Sequence[int], class_names: Sequence[str], min_height: int) -> Image.Image:
+def _legend(classes: Sequence[int], class_names: Sequence[str], min_height: int,
+            palette: np.ndarray = PALETTE) -> Image.Image:
     """A white column listing ``classes`` as colour swatch + name, at least ``min_height`` tall."""
     font, probe = ImageFont.load_default(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [probe.textbbox((0, 0), class_names[c], font=font) for c in classes]
@@ -70,7 +84,7 @@ def _legend(classes: Sequence[int], class_names: Sequence[str], min_height: int)
     draw = ImageDraw.Draw(legend)
     for row, c in enumerate(classes):
         y = _MARGIN + row * line
-        draw.rectangle((_MARGIN, y, _MARGIN + _SWATCH - 1, y + _SWATCH - 1), fill=tuple(int(v) for v in PALETTE[c]),
+        draw.rectangle((_MARGIN, y, _MARGIN + _SWATCH - 1, y + _SWATCH - 1), fill=tuple(int(v) for v in palette[c]),
                        outline=(96, 96, 96))
         draw.text((2 * _MARGIN + _SWATCH, y), class_names[c], fill="black", font=font)
     return legend
@@ -96,37 +110,42 @@ def _check_image(image: np.ndarray, label: np.ndarray) -> np.ndarray:
     return image
 
 
-def overlay(image: np.ndarray, label: np.ndarray, class_names: Sequence[str], alpha: float = 0.5) -> Image.Image:
+def overlay(image: np.ndarray, label: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
+            colours: Sequence[Sequence[int]] | None = None) -> Image.Image:
     """RGB picture: ``image`` (H, W, 3) uint8 blended with the class colours of ``label`` (H, W), and a
     legend of the classes present to its right. Pixels outside ``0..len(class_names)-1`` stay unblended.
+    ``colours``: the classes' own colours (:func:`class_palette`), default VOC's.
     """
     image = _check_image(image, label)
     label = _check_label(label)
+    palette = class_palette(colours)
     tint = (label < len(class_names))[..., None]
-    blended = (1 - alpha) * image + alpha * PALETTE[label].astype(np.float64)
+    blended = (1 - alpha) * image + alpha * palette[label].astype(np.float64)
     picture = np.where(tint, np.clip(np.rint(blended), 0, 255), image).astype(np.uint8)
-    legend = _legend(_present([label], len(class_names)), class_names, picture.shape[0])
+    legend = _legend(_present([label], len(class_names)), class_names, picture.shape[0], palette)
     return _hstack([Image.fromarray(picture), legend], gap=0)
 
 
-def panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str]) -> Image.Image:
+def panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
+          colours: Sequence[Sequence[int]] | None = None) -> Image.Image:
     """RGB picture ``image | ground truth | prediction`` with titles and a legend of the classes present.
 
-    ``image`` (H, W, 3) uint8; ``gt`` and ``pred`` (H, W) class indices (void 255 shows in VOC cream).
+    ``image`` (H, W, 3) uint8; ``gt`` and ``pred`` (H, W) class indices (void 255 shows in VOC cream);
+    ``colours``: the classes' own colours, default VOC's.
     """
     image = _check_image(image, gt)
     if np.shape(pred) != np.shape(gt):
         raise ValueError(f"prediction {np.shape(pred)} and ground truth {np.shape(gt)} differ in size")
     font, title_h = ImageFont.load_default(), 16
     columns = []
-    for title, tile in (("image", Image.fromarray(image)), ("ground truth", colorize(gt)),
-                        ("prediction", colorize(pred))):
+    for title, tile in (("image", Image.fromarray(image)), ("ground truth", colorize(gt, colours)),
+                        ("prediction", colorize(pred, colours))):
         title_w = int(ImageDraw.Draw(tile).textlength(title, font=font)) + 4
         column = Image.new("RGB", (max(tile.width, title_w), tile.height + title_h), "white")
         column.paste(tile.convert("RGB"), (0, title_h))
         ImageDraw.Draw(column).text((2, 2), title, fill="black", font=font)
         columns.append(column)
-    legend = _legend(_present([gt, pred], len(class_names)), class_names, columns[0].height)
+    legend = _legend(_present([gt, pred], len(class_names)), class_names, columns[0].height, class_palette(colours))
     return _hstack(columns + [legend])
 
 

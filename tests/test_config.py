@@ -119,7 +119,8 @@ def test_console_scripts_name_each_tool():
     """pyproject's console scripts point at the tools' main functions, and each runs --help."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert set(scripts) == {"fcn-train", "fcn-eval", "fcn-predict", "fcn-benchmark", "fcn-convert"}
+    assert set(scripts) == {"fcn-train", "fcn-eval", "fcn-predict", "fcn-benchmark", "fcn-convert", "fcn-score",
+                            "fcn-export"}
     import importlib
     for name, target in scripts.items():
         module, function = target.split(":")

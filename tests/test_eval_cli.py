@@ -96,7 +96,8 @@ def test_eval_py_end_to_end(trained, tmp_path):
 def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
     ckpt, _ = trained  # dataset, data directory and buckets: the training run's, as recorded in the checkpoint
     assert main(["--ckpt", ckpt, "--flip", "--scales", "0.75,1", "--batch-size", "4", "--no-progress"]) == 0
-    path = os.path.join(ckpt, "eval_shapes-tiny_validation.json")
+    path = os.path.join(ckpt, "eval_shapes-tiny_validation_step3_flip_scales0.75-1.json")  # another step or TTA
+    # setting gets another name: results never replace each other
     with open(path) as f:
         record = json.load(f)
     check_record(record, ckpt)

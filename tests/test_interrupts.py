@@ -72,3 +72,129 @@ def test_a_non_finite_update_is_not_applied():
     assert int(after.step) == 0
     with pytest.raises(train_lib.TrainingError, match="at step 1; stopping without applying it"):
         train_lib._check_finite([(1, metrics)])
+
+
+_BEFORE_THE_LOOP = """
+import os, signal, sys, time
+from fcn_jax.data import pipeline
+real = pipeline.train_iterator
+
+def iterator_then_signal(*args, **kwargs):  # the input threads are running, the loop has not started
+    it = real(*args, **kwargs)
+    next(it)
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(5)
+    raise AssertionError("the signal did not interrupt")
+
+pipeline.train_iterator = iterator_then_signal
+from fcn_jax.cli.train import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_before_the_loop_is_one_line_and_the_signal_exit_code(data_dir, tmp_path, sig):
+    """Ctrl-C / SIGTERM while the input pipeline's threads run but before step 1: earlier code printed a
+    KeyboardInterrupt traceback and crashed at exit (rc -11). Now: one line, exit 128 + signal, nothing saved."""
+    import subprocess
+    import sys
+    workdir = tmp_path / "run"
+    args = ["--variant", "fcn32s", "--dataset", "shapes/tiny", "--data-dir", data_dir, "--workdir", str(workdir),
+            "--width", "0.0625", "--steps", "3", "--batch-size", "2", "--crop-size", "48", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _BEFORE_THE_LOOP, sig, *args], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    number = getattr(signal, sig)
+    assert proc.returncode == 128 + number, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"train.py: error: interrupted by {sig}; checkpoints already "
+                                                    f"on disk are kept; run again to resume")
+    saved = workdir / checkpoint.CHECKPOINTS
+    assert not saved.exists() or not [d for d in os.listdir(saved) if d.isdigit()]
+
+
+def test_eval_interrupted_writes_no_results(monkeypatch, tmp_path, capsys):
+    """SIGTERM during an evaluation: one line, exit code 143, and no results file."""
+    import fcn_jax.cli.eval as eval_cli
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(eval_cli, "run_eval", interrupted)
+    monkeypatch.setattr(eval_cli.platform, "setup", lambda *a, **k: None)
+    assert eval_cli.main(["--ckpt", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "eval.py: error: interrupted by SIGTERM; no results were written"]
+    assert not (tmp_path / "r.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """A 4-step run with checkpoints at steps 2 and 4 and one validation at step 4."""
+    cfg = get_config("shapes", "fcn32s", dataset="shapes/tiny", data_dir=data_dir, model={"width": 1 / 16},
+                     steps=4, batch_size=2, crop_size=48, log_every=2, checkpoint_every=2, eval_every=4,
+                     eval_batch_size=4)
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    summary = train_lib.train_and_evaluate(cfg, workdir, progress=False, log=lambda _: None)
+    return cfg, workdir, summary
+
+
+def _damage(step_dir, kind):
+    """Damages a saved step the ways a crash or a full disk can."""
+    state = os.path.join(step_dir, "state")
+    if kind == "truncated data":
+        files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs if "/d/" in os.path.join(d, f) + "/"]
+        for path in files:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 3)
+    elif kind == "garbage metadata":
+        with open(os.path.join(step_dir, "meta", "metadata"), "w") as f:
+            f.write("\x00not json")
+    elif kind == "no manifest":
+        os.remove(os.path.join(state, "manifest.ocdbt"))
+
+
+@pytest.mark.parametrize("kind", ["truncated data", "garbage metadata", "no manifest"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, kind):
+    import shutil
+
+    from fcn_jax import parallel
+    cfg, workdir, _ = finished_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    latest = os.path.join(copy, checkpoint.CHECKPOINTS, "4")
+    _damage(latest, kind)
+    warnings: list[str] = []
+    checkpoints = checkpoint.TrainCheckpointer(copy)
+    try:
+        state, meta, data_state = checkpoints.restore(
+            train_lib._abstract_state(cfg, cfg.model.build(), parallel.make_mesh()), warn=warnings.append)
+    finally:
+        checkpoints.close()
+    assert meta["step"] == 2 and int(state.step) == 2 and data_state
+    assert len(warnings) == 1 and f"checkpoint {latest} cannot be restored" in warnings[0], warnings
+    assert os.path.isdir(latest + ".damaged") and not os.path.exists(latest)  # kept for the user, not a step
+    expected, _ = checkpoint.load_model(workdir, 2)  # independent read of the intact original step 2
+    for a, b in zip(jax_leaves(state.params), jax_leaves(expected["params"])):
+        assert (a == b).all()
+
+
+def jax_leaves(tree):
+    import jax
+    import numpy as np
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_resume_names_a_different_network_and_a_finished_run_says_so(finished_run):
+    cfg, workdir, summary = finished_run
+    with pytest.raises(train_lib.TrainingError) as e:
+        train_lib.train_and_evaluate(get_config("shapes", "fcn16s", dataset="shapes/tiny", data_dir=cfg.data_dir,
+                                                model={"width": 1 / 8}, steps=4), workdir, progress=False)
+    assert str(e.value) == (f"{workdir} holds a different network: variant 'fcn32s' there, 'fcn16s' requested; "
+                            f"width 0.0625 there, 0.125 requested; use another --workdir or the run's settings")
+    logs: list[str] = []
+    again = train_lib.train_and_evaluate(cfg, workdir, progress=False, log=logs.append)
+    assert again["step"] == 4 and again["scores"]["mean_iu"] == pytest.approx(summary["scores"]["mean_iu"])
+    assert logs[-1] == (f"{workdir} is already trained to step 4 (--steps 4); last validation (step 4): mean IU "
+                        f"{100 * summary['scores']['mean_iu']:.2f}%; raise --steps to train longer")

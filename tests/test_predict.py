@@ -114,6 +114,30 @@ def test_predict_usage_errors(model_dir, tmp_path, capsys):
                    "predict.py: error: --alpha must lie in [0, 1], got 2.0"]
 
 
+def test_predict_never_overwrites_inputs_or_results(model_dir, tmp_path, capsys):
+    """--out equal to an input directory (or an input file's directory) is refused before anything is
+    written, so a label map can never replace the input photo nor be read as an input by the next run;
+    a second run into the same --out replaces results only with --overwrite."""
+    from fcn_jax.cli.predict import main
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((9, 7, 3), 200, np.uint8)).save(photos / "cat.png")
+    before = (photos / "cat.png").read_bytes()
+    for inputs in ([str(photos)], [str(photos / "cat.png")]):
+        assert main(["--ckpt", model_dir, *inputs, "--out", str(photos)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {photos} holds the input" in err[0], err
+    assert sorted(os.listdir(photos)) == ["cat.png"] and (photos / "cat.png").read_bytes() == before
+    out = tmp_path / "out"
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 0
+    written = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    assert sorted(written) == ["cat.png", "cat_overlay.png"]
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 2
+    assert "already holds 2 result files (e.g. cat.png); pass --overwrite" in capsys.readouterr().err
+    assert {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)} == written
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out), "--overwrite"]) == 0
+
+
 def test_second_run_compiles_nothing(model_dir, tmp_path):
     """The tools turn on JAX's persistent compilation cache: a second identical run adds no cache entry,
     i.e. every program it needed was found on disk instead of being compiled again."""

@@ -16,7 +16,7 @@ import pytest
 import fcn_jax
 from fcn_jax import checkpoint, loading, weights
 from fcn_jax.config import ModelConfig
-from fcn_jax.models import bilinear_init
+from fcn_jax.models import bilinear_init, initial_variables
 from fcn_jax.loading import LoadError
 from fcn_jax.weights import WeightsError
 from source_layouts import source_layout
@@ -441,6 +441,47 @@ def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) ->
     from_dir, info = loading.init_params(target_cfg, fresh, ckpt)
     jax.tree.map(np.testing.assert_array_equal, from_dir, params)
     assert info.class_names[3] == "c3"
+
+
+def _reference_bilinear(size: int, channels: int) -> np.ndarray:
+    """The reference's surgery.upsample_filt written out: (size, size, C, C) HWIO, the filter on the
+    channel diagonal, zero elsewhere."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    for c in range(channels):
+        kernel[:, :, c, c] = filt
+    return kernel
+
+
+def test_fine_tune_from_voc_fcn8s_to_new_classes(tmp_path: Path) -> None:
+    """Fine-tuning the reference's 21-class FCN-8s file to a 5-class fcn8s: every layer whose shape fits is
+    the source tensor, score layers are zeros (as the reference initialises new score layers), upsamplers the
+    bilinear kernel for 5 classes; the report names each group."""
+    fcn = random_tensors("fcn", "fcn8s", num_classes=21, seed=11)
+    path = str(_write(tmp_path / "fcn8s_voc.npz", fcn))
+    target_cfg = ModelConfig("fcn8s", 5, width=WIDTH)
+    fresh = dict(initial_variables(target_cfg.build(), jax.random.PRNGKey(0))["params"])
+    fresh["backbone"] = jax.tree.map(lambda a: np.full(a.shape, 7.0, np.float32), fresh["backbone"])  # sentinel
+    lines: list[str] = []
+    params, info = loading.init_params(target_cfg, fresh, path, report=lines.append)
+    for layer in ("conv1_1", "conv3_3", "conv5_3", "fc6", "fc7"):
+        np.testing.assert_array_equal(params["backbone"][layer]["kernel"], fcn[f"{layer}.weight"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(params["backbone"][layer]["bias"], fcn[f"{layer}.bias"])
+    assert not any(np.any(np.asarray(a) == 7.0) for a in jax.tree.leaves(params["backbone"]))  # all copied
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        assert params[name]["kernel"].shape[-1] == 5
+        assert not np.any(params[name]["kernel"]) and not np.any(params[name]["bias"]), name
+    for name, size in (("upscore2", 4), ("upscore_pool4", 4), ("upscore8", 16)):
+        np.testing.assert_array_equal(params[name]["kernel"], _reference_bilinear(size, 5), err_msg=name)
+    assert info.config.num_classes == 21 and info.config.variant == "fcn8s"
+    text = "\n".join(lines)
+    assert f"init from {path} (fcn8s, 21 classes)" in text
+    assert "copied 15 of 21 layers: backbone (15 layers)" in text
+    assert ("re-initialised for fcn8s with 5 classes: score_fr (zeros), score_pool3 (zeros), score_pool4 (zeros), "
+            "upscore2 (bilinear), upscore8 (bilinear), upscore_pool4 (bilinear)") in text
 
 
 def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:

@@ -1,4 +1,5 @@
-"""The command-line tools: ``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-benchmark``, ``fcn-convert``.
+"""The command-line tools: ``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-benchmark``, ``fcn-convert``,
+``fcn-score``, ``fcn-export``.
 
 One module per tool (:mod:`fcn_jax.cli.train`, ...), each with ``main(argv) -> exit code``; the root
 scripts ``train.py`` etc. and the console scripts call them. This module holds what they share:
@@ -11,6 +12,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -27,21 +29,44 @@ def fail(prog: str, message: str, code: int = USAGE_ERROR) -> int:
     return code
 
 
-def user_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+def interrupted_code(signum: int) -> int:
+    """The shell's exit code for a process stopped by signal ``signum`` (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + int(signum)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signum)
+
+
+def user_errors(prog: str, interrupted: str = "stopped") -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorates a ``main`` so that expected errors become one line on stderr and exit code 2.
 
     ValueError (config, data, weights and checkpoint errors derive from it), FileNotFoundError and
     ImportError (a missing optional dependency) are the user's to fix; anything else is a bug and
-    keeps its traceback.
+    keeps its traceback. Ctrl-C and SIGTERM (which the training loop handles itself while it runs)
+    become one line ``PROG: interrupted by SIGINT; <interrupted>`` and exit code 130 / 143.
     """
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            previous = None
+            try:
+                previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM behaves as Ctrl-C does
+            except ValueError:  # not the main thread
+                pass
             try:
                 return main(*args, **kwargs)
             except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
                 text = str(e).strip().splitlines()
                 return fail(prog, text[0] if text else type(e).__name__)
+            except KeyboardInterrupt as e:
+                signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+                sys.stdout.flush()
+                return fail(prog, f"interrupted by {signal.Signals(signum).name}; {interrupted}",
+                            code=interrupted_code(signum))
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
         return run
     return wrap
 

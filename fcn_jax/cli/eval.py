@@ -40,6 +40,8 @@ class EvalConfig:
     split: str | None = None
     data_dir: str | None = None
     manual_dir: str | None = None
+    void_value: int | None = None  # folder datasets; None: the run's setting on its own dataset, else 255
+    binary_masks: bool | None = None  # folder datasets; None: the run's setting on its own dataset, else False
     batch_size: int | None = None
     bucket_multiple: int | None = None  # None: the run's validation setting, else exact; 0 (EXACT): exact
     dtype: str | None = None
@@ -75,9 +77,18 @@ def recorded_dataset(info: ModelInfo) -> str | None:
     return dataset if isinstance(dataset, str) else None
 
 
-def default_json_path(ckpt: str, dataset: str, split: str) -> str:
-    """Where results go without ``--json``: inside a checkpoint directory, or next to a weights file."""
-    name = f"eval_{dataset.replace('/', '-')}_{split}.json"
+def default_json_path(ckpt: str, dataset: str, split: str, step: int | None = None, flip: bool = False,
+                      scales: Sequence[float] = (1.0,)) -> str:
+    """Where results go without ``--json``: inside a checkpoint directory, or next to a weights file,
+    named by dataset, split, step and test-time augmentation so that evaluations of other steps or
+    settings never replace each other (``eval_shapes_validation_step2500_flip_scales0.5-1-1.5.json``).
+    A folder dataset is named by its directory (``folder:/data/cells`` -> ``folder-cells``)."""
+    if dataset.startswith("folder:"):
+        dataset = "folder-" + (os.path.basename(os.path.normpath(dataset[len("folder:"):])) or "root")
+    tags = ([] if step is None else [f"step{step}"]) + (["flip"] if flip else [])
+    if tuple(scales) != (1.0,):
+        tags.append("scales" + "-".join(f"{s:g}" for s in scales))
+    name = "_".join([f"eval_{dataset.replace('/', '-')}_{split}"] + tags) + ".json"
     if os.path.isdir(ckpt):
         return os.path.join(ckpt, name)
     return f"{os.path.splitext(ckpt)[0]}_{name}"
@@ -91,9 +102,11 @@ class PredictionSaver:
     """``on_batch`` callback saving pictures of the first ``limit`` images to ``out_dir``:
     ``<name>.png`` (predicted labels, VOC palette PNG) and ``<name>_panel.png`` (image | truth | prediction)."""
 
-    def __init__(self, out_dir: str, limit: int, class_names: Sequence[str], convention: str):
+    def __init__(self, out_dir: str, limit: int, class_names: Sequence[str], convention: str,
+                 colours: Sequence[Sequence[int]] | None = None):
         os.makedirs(out_dir, exist_ok=True)
         self.out_dir, self.limit, self.class_names, self.convention = out_dir, limit, class_names, convention
+        self.colours = colours
         self.saved = 0
 
     def __call__(self, batch: EvalBatch, preds: np.ndarray) -> bool:
@@ -108,9 +121,9 @@ class PredictionSaver:
             name = name.decode() if isinstance(name, bytes) else str(name)
             stem = os.path.splitext(os.path.basename(name))[0] or f"{int(index):06d}"
             pred = preds[row, :h, :w]
-            colorize(pred).save(os.path.join(self.out_dir, f"{stem}.png"))
+            colorize(pred, self.colours).save(os.path.join(self.out_dir, f"{stem}.png"))
             panel(deprocess(images[row, :h, :w], self.convention), labels[row, :h, :w], pred,
-                  self.class_names).save(os.path.join(self.out_dir, f"{stem}_panel.png"))
+                  self.class_names, self.colours).save(os.path.join(self.out_dir, f"{stem}_panel.png"))
             self.saved += 1
         return self.saved < self.limit
 
@@ -129,8 +142,14 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     recorded_dir = model.training_config.get("data_dir")
     data_dir = config.data_dir or (recorded_dir if isinstance(recorded_dir, str) and os.path.isdir(recorded_dir)
                                    else None)
+    own = dataset == recorded_dataset(model)
+    recorded = model.training_config
+    options = {"void": config.void_value if config.void_value is not None else
+               recorded.get("void_value", 255) if own else 255,
+               "binary": config.binary_masks if config.binary_masks is not None else
+               bool(recorded.get("binary_masks", False)) if own else False}
     try:
-        ds = data.dataset_meta(dataset, data_dir=data_dir)
+        ds = data.dataset_meta(dataset, data_dir=data_dir, **options)
     except (ValueError, KeyError, OSError) as e:
         raise UsageError(f"--dataset {dataset}: {e}") from e
     if ds.num_classes != n:
@@ -143,7 +162,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if split not in ds.splits:
         raise UsageError(f"--split {split}: {dataset} has splits {', '.join(ds.splits)}")
     try:
-        source = data.load_split(dataset, split, data_dir=data_dir, manual_dir=config.manual_dir)
+        source = data.load_split(dataset, split, data_dir=data_dir, manual_dir=config.manual_dir, **options)
     except (ValueError, KeyError, OSError) as e:
         raise UsageError(f"--dataset {dataset} --split {split}: {e}") from e
     mesh = make_mesh()
@@ -152,12 +171,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         check_batch_size(batch_size, mesh)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    json_path = config.json_path or default_json_path(config.ckpt, dataset, split)
+    json_path = config.json_path or default_json_path(config.ckpt, dataset, split, model.step, config.flip,
+                                                      config.scales)
     saver = None
     if config.save_predictions:
         try:
             saver = PredictionSaver(config.save_predictions, config.num_pictures, model.class_names,
-                                    model.preprocessing)
+                                    model.preprocessing, model.colours)
         except OSError as e:
             raise UsageError(f"--save-predictions {config.save_predictions}: {e}") from e
 
@@ -215,6 +235,11 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
     parser.add_argument("--data-dir", help="dataset directory (default: the training run's, if it exists "
                         "here, else the data package's)")
     parser.add_argument("--manual-dir", help="directory with manually downloaded archives")
+    parser.add_argument("--void-value", type=int, metavar="V", help="folder: datasets: mask value of ignored "
+                        "pixels (default: the training run's on its own dataset, else 255)")
+    parser.add_argument("--binary-masks", action=argparse.BooleanOptionalAction, default=None,
+                        help="folder: datasets: masks are 0 = background, anything else = class 1 (default: "
+                        "the training run's setting on its own dataset)")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: number of devices)")
     parser.add_argument("--bucket-multiple", type=parse_bucket, default=None, metavar="N|exact",
                         help="pad images to a multiple of N in each dimension and batch them together: compiles "
@@ -225,12 +250,13 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
     parser.add_argument("--num-pictures", type=int, default=20, metavar="N",
                         help="with --save-predictions: how many images (default: 20)")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="results file (default: "
-                        "CKPT/eval_<dataset>_<split>.json, or <weights stem>_eval_<dataset>_<split>.json)")
+                        "CKPT/eval_<dataset>_<split>_step<N>[_flip][_scales...].json, or next to a weights file "
+                        "<weights stem>_eval_<dataset>_<split>[_flip][_scales...].json)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
 
-@user_errors("eval.py")
+@user_errors("eval.py", interrupted="no results were written")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python eval.py ...``; returns the exit code (0, or 2 for a user error)."""
     args = build_parser().parse_args(argv)

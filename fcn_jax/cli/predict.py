@@ -8,6 +8,8 @@ For every input image ``<stem>.<ext>`` the output directory gets
   (``--probs-dtype float32``), averaged over the test-time augmentations if any.
 
 Stems that repeat (``a.jpg`` and ``a.png``, or equal names in two directories) get ``_2``, ``_3``, ...
+Inputs are never overwritten or re-read: ``--out`` may not be a directory that holds inputs, and files a
+previous run wrote there are replaced only with ``--overwrite``.
 Any PIL-readable image works: EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and
 float images become RGB (16-bit and wider scaled to 8 bits); transparent pixels are composited over
 white. A file that cannot be read or segmented gets one line ``predict.py: error: FILE: reason`` on
@@ -50,6 +52,27 @@ def find_images(inputs: Sequence[str]) -> Iterator[tuple[str, str | None]]:
             yield item, "no such file or directory"
 
 
+OUTPUT_SUFFIXES = (".png", "_overlay.png", "_probs.npy")
+
+
+def check_out_dir(inputs: Sequence[str], out_dir: str, overwrite: bool) -> None:
+    """Raises UsageError when writing to ``out_dir`` could overwrite or later re-read an input (``--out``
+    is an input directory, or the directory of an input file), or replace earlier results (unless
+    ``overwrite``)."""
+    out = os.path.realpath(out_dir)
+    for item in inputs:
+        where = os.path.realpath(item if os.path.isdir(item) else os.path.dirname(os.path.abspath(item)))
+        if where == out:
+            raise UsageError(f"--out {out_dir} holds the input {item}: results written there could overwrite "
+                             f"inputs and be read as inputs by the next run; choose another directory")
+    if overwrite or not os.path.isdir(out_dir):
+        return
+    existing = sorted(f for f in os.listdir(out_dir) if f.endswith(OUTPUT_SUFFIXES))
+    if existing:
+        raise UsageError(f"--out {out_dir} already holds {len(existing)} result files (e.g. {existing[0]}); "
+                         f"pass --overwrite to replace them, or choose another directory")
+
+
 def _unique_stem(path: str, used: set[str]) -> str:
     stem = os.path.splitext(os.path.basename(path))[0] or "image"
     candidate, k = stem, 1
@@ -74,8 +97,8 @@ def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, pr
             image = load_image(path)
             label, probabilities = segment.predict(image, probabilities=probs)
             stem = os.path.join(out_dir, _unique_stem(path, used))
-            colorize(label).save(f"{stem}.png")
-            overlay(image, label, names, alpha=alpha).save(f"{stem}_overlay.png")
+            colorize(label, segment.colours).save(f"{stem}.png")
+            overlay(image, label, names, alpha=alpha, colours=segment.colours).save(f"{stem}_overlay.png")
             if probabilities is not None:
                 np.save(f"{stem}_probs.npy", probabilities.astype(probs_dtype))
         except (ValueError, OSError, RuntimeError) as e:  # unreadable input, write failure, device OOM
@@ -93,7 +116,9 @@ def build_parser(prog: str = "predict.py") -> ArgumentParser:
                             "(VOC palette), overlays with a legend, optionally class probabilities.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
     add_model_flags(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created; not a "
+                        "directory of the inputs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--probs", action="store_true", help="also save <stem>_probs.npy (H, W, C)")
     parser.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
                         help="dtype of the saved probabilities (default: float16)")
@@ -101,17 +126,17 @@ def build_parser(prog: str = "predict.py") -> ArgumentParser:
     return parser
 
 
-@user_errors("predict.py")
+@user_errors("predict.py", interrupted="results written so far are kept")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python predict.py ...``; returns the exit code (0 all done, 1 some images failed, 2 usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    check_out_dir(args.inputs, args.out, args.overwrite)
     platform.setup()
     variables, info = load_ckpt(args)
-    segment = Inference(info.config.build(), variables, info.preprocessing, class_names=info.class_names,
-                        flip=args.flip, scales=args.scales)
+    segment = Inference.from_info(variables, info, flip=args.flip, scales=args.scales)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

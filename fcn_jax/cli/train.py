@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from fcn_jax.models import VARIANTS
 
 # Fields that are not flags: chosen by --variant / --preset / --config instead.
 NOT_FLAGS = {"model", "variant", "preset"}
+FOLDER = "folder:"
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -100,13 +102,34 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     flags = {k: v for k, v in vars(args).items() if k.startswith("model.") or k in fields_given}
     fields.update(flags)
     fields["model.variant"] = args.variant
+    dataset = fields.get("dataset")
+    if isinstance(dataset, str) and dataset.startswith(FOLDER):  # recorded absolute: eval runs from anywhere
+        fields["dataset"] = dataset = FOLDER + os.path.abspath(dataset[len(FOLDER):])
     try:
-        return override(cfg, fields)
+        cfg = override(cfg, fields)
     except (TypeError, ValueError) as e:
+        raise cli.UsageError(f"invalid configuration: {e}") from None
+    if dataset is not None and "model.num_classes" not in fields and "model" not in fields:
+        cfg = _classes_of_dataset(cfg)
+    return cfg
+
+
+def _classes_of_dataset(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the model's class count taken from its dataset (``--dataset`` given, ``--num-classes``
+    not): a folder of masks defines its own classes."""
+    from fcn_jax import data
+    from fcn_jax.train_lib import dataset_options
+    try:
+        meta = data.dataset_meta(cfg.dataset, cfg.data_dir, **dataset_options(cfg))
+    except ValueError as e:
+        raise cli.UsageError(f"--dataset {cfg.dataset}: {e}") from None
+    try:
+        return override(cfg, {"model.num_classes": meta.num_classes})
+    except ValueError as e:
         raise cli.UsageError(f"invalid configuration: {e}") from None
 
 
-@cli.user_errors("train.py")
+@cli.user_errors("train.py", interrupted="checkpoints already on disk are kept; run again to resume")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = build_config(args)
@@ -119,10 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = train_and_evaluate(cfg, workdir, progress=not args.no_progress)
     except TrainingError as e:
         return cli.fail("train.py", str(e), code=1)
-    if not summary["interrupted"]:
-        scores = summary["scores"]
-        print(f"done: step {summary['step']}, validation mean IU {scores.get('mean_iu', float('nan')):.4f}; "
-              f"best model in {workdir}/best")
+    if summary["interrupted"]:  # saved and said so; the exit code tells the shell it was a signal
+        return cli.interrupted_code(summary["signal"])
+    if not summary.get("finished_before"):  # a finished run said so, with its scores
+        mean_iu = summary["scores"].get("mean_iu", float("nan"))
+        print(f"done: step {summary['step']}, validation mean IU {100 * mean_iu:.2f}%; best model in {workdir}/best")
     return 0
 
 

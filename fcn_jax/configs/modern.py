@@ -17,8 +17,10 @@ def get_config(variant: str = "fcn32s") -> TrainConfig:
         # data: random scale, 512 px crops and flips, batch 16
         mode="modern", batch_size=16, grad_accum=1, crop_size=512, scale_range=(0.5, 2.0), flip=True,
         bucket_multiple=None, sampling="epoch", preprocessing="caffe",
+        void_value=255, binary_masks=False,  # how folder: datasets' masks are read
         # loss and solver
-        loss="mean", optimizer="sgd", lr=0.01, schedule="poly", warmup_steps=0, momentum=0.9,
+        loss="mean", class_weights=None,
+        optimizer="sgd", lr=0.01, schedule="poly", warmup_steps=0, momentum=0.9,
         weight_decay=5e-4, bias_lr_mult=2.0, steps=40_000, trainable=None, frozen=None, init=None, seed=1337,
         # bookkeeping
         log_every=50, eval_every=4000, eval_batch_size=8, eval_bucket_multiple=None,

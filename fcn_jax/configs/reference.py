@@ -28,8 +28,10 @@ def get_config(variant: str = "fcn32s") -> TrainConfig:
         # data: one whole image per step, no augmentation
         mode="reference", batch_size=1, grad_accum=1, crop_size=96, scale_range=(0.5, 2.0), flip=False,
         bucket_multiple=None, sampling="replacement", preprocessing="caffe",
+        void_value=255, binary_masks=False,  # how folder: datasets' masks are read
         # loss and solver
-        loss="sum", optimizer="sgd", lr=LR[variant], schedule="fixed", warmup_steps=0, momentum=0.99,
+        loss="sum", class_weights=None,
+        optimizer="sgd", lr=LR[variant], schedule="fixed", warmup_steps=0, momentum=0.99,
         weight_decay=5e-4, bias_lr_mult=2.0, steps=STEPS[variant], trainable=None, frozen=None, init=None,
         seed=1337,
         # bookkeeping

@@ -20,8 +20,10 @@ def get_config(variant: str = "fcn32s") -> TrainConfig:
         # data: random scale, 96 px crops and flips, batch 8
         mode="modern", batch_size=8, grad_accum=1, crop_size=96, scale_range=(0.75, 1.5), flip=True,
         bucket_multiple=None, sampling="epoch", preprocessing="torchvision",
+        void_value=255, binary_masks=False,  # how folder: datasets' masks are read
         # loss and solver
-        loss="mean", optimizer="adamw", lr=1e-3, schedule="poly", warmup_steps=50, momentum=0.9,
+        loss="mean", class_weights=None,
+        optimizer="adamw", lr=1e-3, schedule="poly", warmup_steps=50, momentum=0.9,
         weight_decay=1e-4, bias_lr_mult=1.0, steps=2500, trainable=None, frozen=None, init=None, seed=1337,
         # bookkeeping
         log_every=20, eval_every=500, eval_batch_size=8, eval_bucket_multiple=128,

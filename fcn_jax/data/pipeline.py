@@ -412,8 +412,11 @@ def _file_name(example: Example) -> str:
 
 
 def example_sizes(source: Sequence[Example], num_threads: int | None = None) -> np.ndarray:
-    """(N, 2) int64 (H, W) of every example of ``source``, in order. Each example is read once (a tfds
-    array_record example is decoded whole), in grain's thread pool."""
+    """(N, 2) int64 (H, W) of every example of ``source``, in order: from ``source.sizes()`` when the
+    source knows them (a folder dataset read them from the file headers), else each example is read
+    once (a tfds array_record example is decoded whole), in grain's thread pool."""
+    if callable(getattr(source, "sizes", None)):
+        return np.asarray(source.sizes(), np.int64).reshape(-1, 2)
     shapes = grain.MapDataset.source(source).map(lambda e: np.shape(e["segmentation"])[:2])
     threads = num_threads or _default_threads()
     stream = shapes.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
