@@ -97,7 +97,8 @@ def save_model(directory: str, variables: Any, meta: dict[str, Any], step: int =
         mngr.close()
 
 
-def _steps(directory: str) -> list[int]:
+def saved_steps(directory: str) -> list[int]:
+    """The finalised steps Orbax finds in a checkpoint ``directory`` ([] if it does not exist); creates nothing."""
     if not os.path.isdir(directory):
         return []
     with _quiet():
@@ -124,14 +125,14 @@ def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
         if step == "best":
             candidates.reverse()
         for directory, kind in candidates:
-            steps = _steps(directory)
+            steps = saved_steps(directory)
             if isinstance(step, int):
                 if step in steps:
                     return directory, step, kind
             elif steps:
                 return directory, max(steps), kind
         raise CheckpointError(f"{path}: training workdir has no checkpoint for step {step!r}")
-    steps = _steps(path)
+    steps = saved_steps(path)
     if not steps:
         raise CheckpointError(f"{path}: not an fcn-jax checkpoint (no saved steps found)")
     if isinstance(step, int):
@@ -189,7 +190,7 @@ class TrainCheckpointer:
     def latest_on_disk(self) -> int | None:
         """The newest finalised step as the directory holds it now (after :meth:`wait`): what a rerun
         would resume from, read from disk rather than from this manager's records."""
-        return max(_steps(str(self._latest.directory)), default=None)
+        return max(saved_steps(str(self._latest.directory)), default=None)
 
     def save(self, step: int, state: Any, meta: dict[str, Any], data_state: dict[str, Any]) -> None:
         """Saves the whole train state asynchronously (returns once the arrays are copied off device)."""

@@ -11,6 +11,17 @@ image runs alone at its own size, so nothing is padded or resized and the result
 computes for that image; one program is compiled per distinct size (and cached on disk across runs
 when :func:`fcn_jax.platform.setup` enabled the compilation cache).
 
+Sliding-window tiling (``tile=T``, MMSegmentation's ``slide`` mode) bounds the memory of huge images:
+an image whose long side exceeds ``max_side`` (default ``T``) runs as overlapping windows of
+``min(T, H)`` x ``min(T, W)`` pixels (:func:`tile_windows`: stride ``T - round(overlap * T)``, the last
+row and column of windows aligned to the image's bottom and right edges). Each window goes through the
+same forward pass (with the same test-time augmentation) as a whole image would; the class scores
+(logits for a single pass, averaged probabilities with augmentation) are averaged where windows
+overlap, then the argmax is taken. All windows of an image have one shape, so one program serves every
+window of every image at least ``T`` x ``T``. Scores are accumulated in float32 on the host one band
+of window rows at a time (``min(T, H)`` x W x C), so memory no longer grows with the image's height;
+unlike whole-image inference, a window sees only its own ``T`` x ``T`` context.
+
 Test-time augmentation (optional): every scale ``s`` resizes the input by ``s`` (bilinear), runs the
 network and resizes the logits back (bilinear); with ``flip`` each pass also runs on the mirrored image;
 the prediction is the argmax of the softmax probabilities averaged over all passes. A single pass
@@ -88,6 +99,52 @@ def class_scores(model: Any, params: Any, x: jax.Array, *, flip: bool = False,
     return total / (len(scales) * (2 if flip else 1))
 
 
+# ------------------------------------------------------------------------------ sliding windows
+
+MIN_TILE = 32
+
+
+def check_tiling(tile: int | None, overlap: float, max_side: int | None) -> tuple[int | None, float, int | None]:
+    """``(tile, overlap, max_side)`` if valid (tile None or an integer >= 32, overlap in [0, 1), max_side
+    None or an integer >= 0), else a one-line ValueError."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+    if tile is not None and not (integer(tile) and tile >= MIN_TILE):
+        raise ValueError(f"tile must be None or an integer >= {MIN_TILE}, got {tile!r}")
+    if isinstance(overlap, (bool, np.bool_)) or not isinstance(overlap, (int, float, np.integer, np.floating)) \
+            or not 0 <= overlap < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}")
+    if max_side is not None and not (integer(max_side) and max_side >= 0):
+        raise ValueError(f"max_side must be None or an integer >= 0, got {max_side!r}")
+    return (None if tile is None else int(tile)), float(overlap), (None if max_side is None else int(max_side))
+
+
+def tile_stride(tile: int, overlap: float) -> int:
+    """The step between neighbouring windows: ``tile - round(overlap * tile)``, at least 1."""
+    return max(1, tile - int(round(overlap * tile)))
+
+
+def tile_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets along one axis of length ``size`` (windows of ``crop <= size``): ``0, stride,
+    2 stride, ...`` as many as needed to reach the end, the last one moved back to end at ``size``."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    return [min(i * stride, size - crop) for i in range(count)]
+
+
+def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """The windows ``(top, left, h, w)`` covering a ``height`` x ``width`` image, row by row: all of size
+    ``min(tile, height)`` x ``min(tile, width)``, stride :func:`tile_stride` (MMSegmentation's slide)."""
+    h, w = min(tile, height), min(tile, width)
+    stride = tile_stride(tile, overlap)
+    return [(y, x, h, w) for y in tile_starts(height, h, stride) for x in tile_starts(width, w, stride)]
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 # ------------------------------------------------------------------------------ images in, labels out
 
 class Inference:
@@ -97,17 +154,24 @@ class Inference:
     (or bare params); ``preprocessing``: the convention the weights expect; ``class_names``: optional,
     for the caller's use; ``flip`` / ``scales``: test-time augmentation. One program is compiled per
     image size.
+
+    ``tile``: None (default) runs every image whole; an integer ``T >= 32`` runs images whose long side
+    exceeds ``max_side`` (default ``T``; 0 tiles every image) as overlapping ``T`` x ``T`` windows whose
+    class scores are averaged (see the module docstring), ``overlap`` (in [0, 1), default 1/3) of ``T``
+    shared by neighbours.
     """
 
     def __init__(self, model: Any, variables: Mapping[str, Any], preprocessing: str, *,
                  class_names: Sequence[str] | None = None, flip: bool = False, scales: Sequence[float] = (1.0,),
-                 colours: Sequence[Sequence[int]] | None = None):
+                 colours: Sequence[Sequence[int]] | None = None, tile: int | None = None,
+                 overlap: float = 1 / 3, max_side: int | None = None):
+        self.tile, self.overlap, self.max_side = check_tiling(tile, overlap, max_side)
         self.model, self.preprocessing = model, check_convention(preprocessing)
         self.class_names = None if class_names is None else tuple(class_names)
         self.colours = None if colours is None else tuple(tuple(int(v) for v in c) for c in colours)
         self.flip, self.scales = bool(flip), check_scales(scales)
         self.variables = jax.device_put(as_variables(variables))
-        single = is_single_pass(self.flip, self.scales)
+        single = self.single_pass = is_single_pass(self.flip, self.scales)
 
         def run(variables: Any, image: jax.Array, probabilities: bool) -> tuple[jax.Array, jax.Array | None]:
             out = class_scores(model, variables, preprocess(image[None], self.preprocessing), flip=self.flip,
@@ -117,32 +181,106 @@ class Inference:
                 return label, None
             return label, (jax.nn.softmax(out, axis=-1) if single else out)
 
+        def scores(variables: Any, image: jax.Array) -> jax.Array:
+            return class_scores(model, variables, preprocess(image[None], self.preprocessing), flip=self.flip,
+                                scales=self.scales)[0]
+
         self._run = jax.jit(run, static_argnums=2)
+        self._scores = jax.jit(scores)  # (H, W, C) class scores of one image or window
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, step: str | int = "best", dtype: str | None = None,
-             flip: bool = False, scales: Sequence[float] = (1.0,)) -> Inference:
+             flip: bool = False, scales: Sequence[float] = (1.0,), tile: int | None = None,
+             overlap: float = 1 / 3, max_side: int | None = None) -> Inference:
         """An :class:`Inference` for anything :func:`fcn_jax.load_model` loads."""
+        check_tiling(tile, overlap, max_side)  # before the (slow) loading
         variables, info = load(path, step=step, dtype=dtype)
-        return cls.from_info(variables, info, flip=flip, scales=scales)
+        return cls.from_info(variables, info, flip=flip, scales=scales, tile=tile, overlap=overlap,
+                             max_side=max_side)
 
     @classmethod
     def from_info(cls, variables: Mapping[str, Any], info: Any, *, flip: bool = False,
-                  scales: Sequence[float] = (1.0,)) -> Inference:
+                  scales: Sequence[float] = (1.0,), tile: int | None = None, overlap: float = 1 / 3,
+                  max_side: int | None = None) -> Inference:
         """An :class:`Inference` for ``variables`` and the :class:`fcn_jax.loading.ModelInfo` loaded with
         them (network, preprocessing, class names and colours)."""
         return cls(info.config.build(), variables, info.preprocessing, class_names=info.class_names, flip=flip,
-                   scales=scales, colours=info.colours)
+                   scales=scales, colours=info.colours, tile=tile, overlap=overlap, max_side=max_side)
 
-    def predict(self, image: np.ndarray | str | os.PathLike, *,
-                probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """``image`` (H, W, 3) uint8 RGB or an image file -> (label (H, W) int32, probabilities (H, W, C)
-        float32 with ``probabilities``, else None). Probabilities are averaged over the augmentations."""
+    def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
+        """The windows ``(top, left, h, w)`` an image of this size runs as, or None if it runs whole."""
+        if self.tile is None or max(height, width) <= (self.tile if self.max_side is None else self.max_side):
+            return None
+        return tile_windows(height, width, self.tile, self.overlap)
+
+    def _slide(self, image: np.ndarray, windows: list[tuple[int, int, int, int]],
+               keep: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label (H, W) int32, None or (H, W, C) float32) of ``image`` run as ``windows`` (row by row, all one
+        size). ``keep``: None, 'scores' (the averaged class scores) or 'probabilities' (their softmax for a
+        single pass, the scores themselves with augmentation). Sums live in a band of one window row's
+        height: rows above the next window row are final, so they are divided by their window count and
+        written out before the band moves down."""
+        height, width = image.shape[:2]
+        size_h, size_w = windows[0][2:]
+        rows, cols = np.zeros(height, np.float32), np.zeros(width, np.float32)  # windows covering each
+        for top in sorted({t for t, _, _, _ in windows}):
+            rows[top:top + size_h] += 1
+        for left in sorted({lft for _, lft, _, _ in windows}):
+            cols[left:left + size_w] += 1
+        label = np.empty((height, width), np.int32)
+        kept = band = None
+        band_top = 0
+
+        def finish(count: int) -> None:  # rows band_top .. band_top + count - 1 are complete
+            part = band[:count] / (rows[band_top:band_top + count, None, None] * cols[None, :, None])
+            label[band_top:band_top + count] = np.argmax(part, axis=-1)
+            if kept is not None:
+                kept[band_top:band_top + count] = _softmax(part) if keep == "probabilities" and self.single_pass \
+                    else part
+
+        for top, left, h, w in windows:
+            out = np.asarray(self._scores(self.variables, jnp.asarray(image[top:top + h, left:left + w])))
+            if band is None:
+                band = np.zeros((size_h, width, out.shape[-1]), np.float32)
+                kept = None if keep is None else np.empty((height, width, out.shape[-1]), np.float32)
+                band_top = top
+            elif top != band_top:  # a new row of windows: the rows above it are complete
+                shift = top - band_top
+                finish(shift)
+                band[:size_h - shift] = band[shift:].copy()
+                band[size_h - shift:] = 0
+                band_top = top
+            band[:, left:left + w] += out
+        finish(height - band_top)
+        return label, kept
+
+    def scores(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
+        """The class scores (H, W, C) float32 whose argmax is the label map: the logits for a single pass,
+        the averaged probabilities with test-time augmentation; averaged over the windows if tiled."""
+        image = self._image(image)
+        windows = self.windows(*image.shape[:2])
+        if windows is None:
+            return np.asarray(self._scores(self.variables, jnp.asarray(image)))
+        return self._slide(image, windows, "scores")[1]
+
+    @staticmethod
+    def _image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
             image = load_image(image)
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+        return image
+
+    def predict(self, image: np.ndarray | str | os.PathLike, *,
+                probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``image`` (H, W, 3) uint8 RGB or an image file -> (label (H, W) int32, probabilities (H, W, C)
+        float32 with ``probabilities``, else None). Probabilities are averaged over the augmentations (and
+        for a tiled image, over the windows; a single pass takes the softmax of the averaged logits)."""
+        image = self._image(image)
+        windows = self.windows(*image.shape[:2])
+        if windows is not None:
+            return self._slide(image, windows, "probabilities" if probabilities else None)
         label, probs = self._run(self.variables, jnp.asarray(image), bool(probabilities))
         return np.asarray(label), None if probs is None else np.asarray(probs)
 
@@ -152,13 +290,16 @@ class Inference:
 
 
 def predict(path: str | os.PathLike, images: Any, *, step: str | int = "best", flip: bool = False,
-            scales: Sequence[float] = (1.0,)) -> np.ndarray | list[np.ndarray]:
+            scales: Sequence[float] = (1.0,), tile: int | None = None, overlap: float = 1 / 3,
+            max_side: int | None = None) -> np.ndarray | list[np.ndarray]:
     """Label maps of ``images`` by the model at ``path`` (anything :func:`fcn_jax.load_model` takes).
 
     ``images``: one (H, W, 3) uint8 RGB array or image file, or a sequence of them (sizes may differ).
-    Returns one (H, W) int32 label map, or a list of them.
+    Returns one (H, W) int32 label map, or a list of them. ``tile`` / ``overlap`` / ``max_side``:
+    sliding-window inference of large images (:class:`Inference`).
     """
-    segment = Inference.load(path, step=step, flip=flip, scales=scales)
+    segment = Inference.load(path, step=step, flip=flip, scales=scales, tile=tile, overlap=overlap,
+                             max_side=max_side)
     single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3)
     if single:
         return segment(images)

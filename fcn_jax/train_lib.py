@@ -27,6 +27,7 @@ from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax import parallel
 from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, to_dict
 from fcn_jax.models import initial_variables, upsampler_names
+from fcn_jax.runlog import RunLog
 
 
 class TrainingError(RuntimeError):
@@ -395,13 +396,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     at ``cfg.steps`` reports its last scores. Returns a summary: final step, last validation scores,
     interrupted flag.
     """
-    from tqdm import tqdm
-
-    from fcn_jax import data as data_lib
     from fcn_jax.data import pipeline
-    from fcn_jax.evaluate import evaluate
-    from fcn_jax.summary import SummaryWriter
-    from fcn_jax.viz import plot_learning_curves
 
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
@@ -410,10 +405,32 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
         seed=cfg.seed)
     lead = jax.process_index() == 0
-    if not lead:
-        log = lambda _: None  # noqa: E731  (only process 0 reports)
+    log = RunLog(log if lead else (lambda _: None))  # only process 0 reports; train.log once the workdir exists
+    try:
+        return _train(cfg, workdir, mesh, train_input, progress, lead, log)
+    finally:
+        log.close()
+
+
+def _percent(scores: dict[str, float]) -> str:
+    return ", ".join(f"{label} {100 * scores[key]:.2f}%" for key, label in
+                     (("pixel_acc", "pixel acc."), ("mean_acc", "mean acc."), ("mean_iu", "mean IU"),
+                      ("fw_iu", "f.w. IU")))
+
+
+def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progress: bool, lead: bool,
+           log: RunLog) -> dict[str, Any]:
+    """The body of :func:`train_and_evaluate`."""
+    from tqdm import tqdm
+
+    from fcn_jax import data as data_lib
+    from fcn_jax.data import pipeline
+    from fcn_jax.evaluate import evaluate
+    from fcn_jax.summary import SummaryWriter
+    from fcn_jax.viz import plot_learning_curves
+
     options = dataset_options(cfg)
-    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, **options)
+    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, progress=progress and lead, **options)
     if ds_meta.num_classes != cfg.model.num_classes:
         raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
                             f"{cfg.model.num_classes} (--num-classes)")
@@ -425,13 +442,17 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         log("class weights: " + ", ".join(f"{name} {w}" for name, w in
                                           zip(ds_meta.class_names, cfg.class_weights.split(","))))
     model = cfg.model.build()
-    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
-    start = checkpoints.latest_step()
-    if start is None:
+    fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
+    if fresh:  # validated (e.g. --init read) before anything is created in the workdir
         params, convention = initial_params(cfg, model, report=log)
         if cfg.preprocessing != (convention or cfg.preprocessing):
             raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
                                 f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
+    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    start = checkpoints.latest_step()
+    if start is None:
+        if not fresh:  # step directories that Orbax does not count as steps (e.g. unfinished)
+            params, _ = initial_params(cfg, model, report=log)
         state = jax.device_put(create_train_state(cfg, model, params), parallel.replicated(mesh))
         data_state = None
         start = 0
@@ -447,6 +468,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     log(format_config(cfg, "effective config"))
     if lead:
         write_config(cfg, workdir)
+        log.open(workdir)
         write_json(os.path.join(workdir, "dataset.json"), data_lib.dataset_summary(cfg.dataset, cfg.data_dir,
                                                                                    **options))
     extra = {"colours": [list(c) for c in ds_meta.colours]} if ds_meta.colours else {}
@@ -469,10 +491,11 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
                                         sharding=parallel.data_sharding(mesh))
         result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False)
         scores = {k: float(result.scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
-        writer.write(step, {f"val/{k}": v for k, v in scores.items()})
-        if checkpoints.save_best(step, state.params, meta, scores):
-            log(f"step {step}: new best mean IU {scores['mean_iu']:.4f}")
-        log(f"step {step}: validation " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        per_class = {f"val/iu/{name}": float(v) for name, v in zip(ds_meta.class_names, result.scores["iu"])
+                     if math.isfinite(float(v))}
+        writer.write(step, {**{f"val/{k}": v for k, v in scores.items()}, **per_class})
+        best = checkpoints.save_best(step, state.params, meta, scores)
+        log(f"step {step}: validation {_percent(scores)}" + (" (new best)" if best else ""))
         return scores
 
     def save(step: int) -> None:
@@ -483,6 +506,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     window_start, window_images = time.perf_counter(), 0
     interrupted: int | None = None  # the signal that stopped the run
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
+    log.bar = bar
     try:
         if data_state is not None:
             train_iter.set_state(data_state)
@@ -526,6 +550,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
                     interrupted = stop.signal
                     break
     finally:
+        log.bar = None
         bar.close()
         checkpoints.close()
         writer.close()

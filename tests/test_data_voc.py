@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -250,3 +251,23 @@ def test_download_from_the_official_address_with_md5_check(tmp_path, archives, m
     builder = build("voc2012", data_dir, tmp_path / "no_manual", download=True)
     assert (data_dir / "downloads" / archive.name).is_file()
     assert sorted(read_split(builder, "train")) == sorted(VOC12_TRAIN)
+
+
+def test_a_replaced_archive_is_extracted_again(tmp_path, archives):
+    """An archive missing a file fails the build; after the user replaces it with a complete one the build
+    must use the new archive (earlier code kept reusing the stale extraction with the same error)."""
+    broken_tree = tmp_path / "broken"
+    shutil.copytree(archives["voc2012_tree"], broken_tree)
+    missing = VOC12_VAL[0]
+    (broken_tree / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{missing}.jpg").unlink()
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    archive = manual / voc.SOURCES["voc2012"].filename
+    make_tar(broken_tree, archive, compress=False)
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(Exception, match=missing):
+        build("voc2012", data_dir, manual)
+    make_tar(archives["voc2012_tree"], archive, compress=False)  # the user replaces the archive
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 1_000_000_000))
+    builder = build("voc2012", data_dir, manual)
+    assert sorted(read_split(builder, "validation")) == sorted(VOC12_VAL)

@@ -198,3 +198,59 @@ def test_resume_names_a_different_network_and_a_finished_run_says_so(finished_ru
     assert again["step"] == 4 and again["scores"]["mean_iu"] == pytest.approx(summary["scores"]["mean_iu"])
     assert logs[-1] == (f"{workdir} is already trained to step 4 (--steps 4); last validation (step 4): mean IU "
                         f"{100 * summary['scores']['mean_iu']:.2f}%; raise --steps to train longer")
+
+
+def test_the_run_directory_tells_its_story(finished_run):
+    """train.log holds the provenance and every console line; metrics.jsonl the per-class IU."""
+    import json
+    cfg, workdir, summary = finished_run
+    with open(os.path.join(workdir, "train.log")) as f:
+        text = f.read()
+    for needle in ("command: ", "jax ", "devices: ", "git commit: ", "effective config:", "  variant: fcn32s",
+                   f"step 4: validation pixel acc. {100 * summary['scores']['pixel_acc']:.2f}%"):
+        assert needle in text, needle
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    validation = [r for r in records if "val/mean_iu" in r]
+    assert [r["step"] for r in validation] == [4]
+    per_class = {k[len("val/iu/"):]: v for k, v in validation[0].items() if k.startswith("val/iu/")}
+    assert set(per_class) <= set(data.SHAPES_CLASSES) and "background" in per_class
+    import numpy as np
+    assert np.nanmean(list(per_class.values())) == pytest.approx(summary["scores"]["mean_iu"])
+
+
+def test_a_failed_start_creates_nothing_and_bad_workdirs_are_one_line(data_dir, tmp_path, capsys):
+    from fcn_jax.cli import train as train_cli
+    base = ["--variant", "fcn32s", "--dataset", "shapes/tiny", "--data-dir", data_dir, "--width", "0.0625",
+            "--steps", "2", "--no-progress"]
+    workdir = tmp_path / "run"
+    assert train_cli.main(base + ["--workdir", str(workdir), "--init", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert not workdir.exists()  # earlier code left an empty run directory behind
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    assert train_cli.main(base + ["--workdir", str(afile)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.py: error: --workdir {afile}: exists and is not a directory"]
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    import errno
+    from fcn_jax.cli import train as train_cli
+
+    def full(self, step, *args, **kwargs):
+        if step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(self.workdir, "checkpoints", "4"))
+        return real(self, step, *args, **kwargs)
+
+    real = checkpoint.TrainCheckpointer.save
+    monkeypatch.setattr(checkpoint.TrainCheckpointer, "save", full)
+    workdir = tmp_path / "run"
+    argv = ["--variant", "fcn32s", "--dataset", "shapes/tiny", "--data-dir", data_dir, "--width", "0.0625",
+            "--steps", "4", "--batch-size", "2", "--crop-size", "48", "--log-every", "2", "--checkpoint-every", "2",
+            "--eval-every", "100", "--eval-batch-size", "4", "--workdir", str(workdir), "--no-progress"]
+    assert train_cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"train.py: error: {workdir}/checkpoints/4: No space left on device (checkpoints saved before "
+                   f"it are intact)"]
+    _, meta = checkpoint.load_model(str(workdir), "latest")
+    assert meta["step"] == 2

@@ -149,7 +149,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                "binary": config.binary_masks if config.binary_masks is not None else
                bool(recorded.get("binary_masks", False)) if own else False}
     try:
-        ds = data.dataset_meta(dataset, data_dir=data_dir, **options)
+        ds = data.dataset_meta(dataset, data_dir=data_dir, progress=config.progress, **options)
     except (ValueError, KeyError, OSError) as e:
         raise UsageError(f"--dataset {dataset}: {e}") from e
     if ds.num_classes != n:

@@ -7,13 +7,19 @@ For every input image ``<stem>.<ext>`` the output directory gets
 - with ``--probs``: ``<stem>_probs.npy``, per-class probabilities (H, W, C), float16 by default
   (``--probs-dtype float32``), averaged over the test-time augmentations if any.
 
+Images whose long side exceeds ``--max-side`` (default 2048; 0: never) run as overlapping ``--tile``
+x ``--tile`` windows (default 1024, neighbours sharing ``--overlap``, default 1/3, of a window) whose
+class scores are averaged (sliding-window inference, :mod:`fcn_jax.inference`), so memory stays
+bounded however large the image; smaller images run whole, exactly as the network computes them.
+Test-time augmentation (``--flip``, ``--scales``) applies to each window.
+
 Stems that repeat (``a.jpg`` and ``a.png``, or equal names in two directories) get ``_2``, ``_3``, ...
 Inputs are never overwritten or re-read: ``--out`` may not be a directory that holds inputs, and files a
 previous run wrote there are replaced only with ``--overwrite``.
 Any PIL-readable image works: EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and
 float images become RGB (16-bit and wider scaled to 8 bits); transparent pixels are composited over
-white. A file that cannot be read or segmented gets one line ``predict.py: error: FILE: reason`` on
-stderr and the others still run. Exit code: 0 if every image was segmented, 1 if any failed, 2 for a
+white. A file that cannot be read or segmented (also one that runs out of device or host memory) gets
+one line ``predict.py: error: FILE: reason`` on stderr and the others still run. Exit code: 0 if every image was segmented, 1 if any failed, 2 for a
 usage error (bad flag, checkpoint or output directory).
 """
 from __future__ import annotations
@@ -26,9 +32,10 @@ import numpy as np
 
 from fcn_jax import platform
 from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, load_ckpt, user_errors
-from fcn_jax.inference import Inference, load_image
+from fcn_jax.inference import MIN_TILE, Inference, load_image
 from fcn_jax.viz import colorize, overlay
 
+DEFAULT_MAX_SIDE, DEFAULT_TILE = 2048, 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
 
@@ -91,6 +98,7 @@ def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, pr
     """
     names, used, failures = segment.class_names, set(), 0
     for path, problem in find_images(inputs):
+        image = None
         try:
             if problem:
                 raise ValueError(problem)
@@ -101,13 +109,28 @@ def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, pr
             overlay(image, label, names, alpha=alpha, colours=segment.colours).save(f"{stem}_overlay.png")
             if probabilities is not None:
                 np.save(f"{stem}_probs.npy", probabilities.astype(probs_dtype))
-        except (ValueError, OSError, RuntimeError) as e:  # unreadable input, write failure, device OOM
+        except (ValueError, OSError, RuntimeError, MemoryError) as e:  # unreadable, write failure, OOM
             failures += 1
-            print(f"{prog}: error: {path}: {e}", file=sys.stderr)
+            print(f"{prog}: error: {path}: {error_line(e, segment, image)}", file=sys.stderr)
             continue
         present = ", ".join(names[c] for c in np.unique(label))
         print(f"{path} -> {stem}.png ({image.shape[1]}x{image.shape[0]}: {present})")
     return failures
+
+
+def error_line(error: BaseException, segment: Inference, image: np.ndarray | None) -> str:
+    """One line for a failed image: the error's first line, and for running out of memory (XLA's
+    RESOURCE_EXHAUSTED, MemoryError) what to change."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        if isinstance(error, MemoryError):
+            text = f"out of host memory ({text})" if lines else "out of host memory"
+        if image is not None and segment.windows(*image.shape[:2]) is None:
+            text += f"; set --max-side below {max(image.shape[:2])} to tile this image"
+        else:
+            text += "; try a smaller --tile"
+    return text
 
 
 def build_parser(prog: str = "predict.py") -> ArgumentParser:
@@ -123,6 +146,13 @@ def build_parser(prog: str = "predict.py") -> ArgumentParser:
     parser.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
                         help="dtype of the saved probabilities (default: float16)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="N",
+                        help=f"tile images whose long side exceeds N pixels (sliding windows, bounded memory); "
+                        f"0: never tile (default: {DEFAULT_MAX_SIDE})")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="T",
+                        help=f"window size of tiled images, at least 32 (default: {DEFAULT_TILE})")
+    parser.add_argument("--overlap", type=float, default=1 / 3, metavar="F",
+                        help="fraction of a window shared with its neighbour, in [0, 1) (default: 1/3)")
     return parser
 
 
@@ -133,10 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    if args.max_side < 0:
+        raise UsageError(f"--max-side must be >= 0 (0: never tile), got {args.max_side}")
+    if args.tile < MIN_TILE:
+        raise UsageError(f"--tile must be >= {MIN_TILE}, got {args.tile}")
+    if not 0 <= args.overlap < 1:
+        raise UsageError(f"--overlap must lie in [0, 1), got {args.overlap}")
     check_out_dir(args.inputs, args.out, args.overwrite)
     platform.setup()
     variables, info = load_ckpt(args)
-    segment = Inference.from_info(variables, info, flip=args.flip, scales=args.scales)
+    segment = Inference.from_info(variables, info, flip=args.flip, scales=args.scales,
+                                  tile=args.tile if args.max_side else None, overlap=args.overlap,
+                                  max_side=args.max_side)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

@@ -110,23 +110,37 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     except (TypeError, ValueError) as e:
         raise cli.UsageError(f"invalid configuration: {e}") from None
     if dataset is not None and "model.num_classes" not in fields and "model" not in fields:
-        cfg = _classes_of_dataset(cfg)
+        cfg = _classes_of_dataset(cfg, progress=not getattr(args, "no_progress", False))
     return cfg
 
 
-def _classes_of_dataset(cfg: TrainConfig) -> TrainConfig:
+def _classes_of_dataset(cfg: TrainConfig, progress: bool = True) -> TrainConfig:
     """``cfg`` with the model's class count taken from its dataset (``--dataset`` given, ``--num-classes``
     not): a folder of masks defines its own classes."""
     from fcn_jax import data
     from fcn_jax.train_lib import dataset_options
     try:
-        meta = data.dataset_meta(cfg.dataset, cfg.data_dir, **dataset_options(cfg))
+        meta = data.dataset_meta(cfg.dataset, cfg.data_dir, progress=progress, **dataset_options(cfg))
     except ValueError as e:
         raise cli.UsageError(f"--dataset {cfg.dataset}: {e}") from None
     try:
         return override(cfg, {"model.num_classes": meta.num_classes})
     except ValueError as e:
         raise cli.UsageError(f"invalid configuration: {e}") from None
+
+
+def check_workdir(workdir: str) -> None:
+    """UsageError unless ``workdir`` is (or can become) a writable directory; creates nothing."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise cli.UsageError(f"--workdir {workdir}: exists and is not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise cli.UsageError(f"--workdir {workdir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise cli.UsageError(f"--workdir {workdir}: {existing} is not writable")
 
 
 @cli.user_errors("train.py", interrupted="checkpoints already on disk are kept; run again to resume")
@@ -138,10 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     platform.setup(args.coordinator_address, args.num_processes, args.process_id)
     workdir = args.workdir or f"runs/{cfg.model.variant}"
+    check_workdir(workdir)
     try:
         summary = train_and_evaluate(cfg, workdir, progress=not args.no_progress)
     except TrainingError as e:
         return cli.fail("train.py", str(e), code=1)
+    except OSError as e:  # a full disk, a read-only or vanished directory: the environment, not a bug
+        where = e.filename or workdir
+        return cli.fail("train.py", f"{where}: {e.strerror or e} (checkpoints saved before it are intact)", code=1)
     if summary["interrupted"]:  # saved and said so; the exit code tells the shell it was a signal
         return cli.interrupted_code(summary["signal"])
     if not summary.get("finished_before"):  # a finished run said so, with its scores

@@ -130,11 +130,12 @@ class DatasetMeta:
 
 
 def dataset_meta(name: str, data_dir: str | os.PathLike | None = None, *, void: int = VOID, binary: bool = False,
-                 **kwargs: Any) -> DatasetMeta:
+                 progress: bool = True, **kwargs: Any) -> DatasetMeta:
     """Classes and split sizes of ``name``: from the built dataset if present, else from its config;
-    for ``folder:DIR`` from the scan of the folder (train split ``train``, eval split ``val``)."""
+    for ``folder:DIR`` from the scan of the folder (train split ``train``, eval split ``val``; ``progress``:
+    a bar while a large folder is scanned)."""
     if is_folder(name):
-        folder = _folder(name, void, binary, kwargs)
+        folder = _folder(name, void, binary, kwargs, progress)
         return DatasetMeta(name=f"folder:{folder.root}", num_classes=folder.num_classes,
                            class_names=folder.class_names, splits=types.MappingProxyType(folder.splits),
                            train_split="train", eval_split="val", colours=folder.colours,

@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import importlib.resources
 import logging
+import json
 import os
 import re
 import shutil
@@ -269,13 +270,29 @@ def find_extracted_root(directory: Path, src: Source) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def extraction_matches(dest: Path, archive: Path | None) -> bool:
+    """Whether ``dest`` holds a complete extraction of ``archive`` as it is now (same size and modification
+    time; any complete extraction when ``archive`` is None). An archive replaced since is extracted again."""
+    marker = dest / _COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    if archive is None:
+        return True
+    try:
+        record = json.loads(marker.read_text())
+        stat = archive.stat()
+        return record["size"] == stat.st_size and record["mtime_ns"] == stat.st_mtime_ns
+    except (ValueError, KeyError, TypeError, OSError):  # a marker of an earlier version: redo
+        return False
+
+
 def extract_archive(archive: Path, src: Source, dest: Path) -> Path:
     """Extracts the members ``src`` needs into ``dest/<root>``, in one streaming pass.
 
     Works for plain and gzip tars. ``dest`` gets a completion marker only once everything is
     written; a partial extraction is discarded and redone. Returns ``dest/<root>``.
     """
-    if (dest / _COMPLETE_MARKER).is_file():
+    if extraction_matches(dest, archive):
         return dest / src.root
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -297,7 +314,9 @@ def extract_archive(archive: Path, src: Source, dest: Path) -> Path:
         raise DataError(f"cannot read archive {archive}: {e}") from e
     if count == 0:
         raise DataError(f"archive {archive} contains no files under {src.root}/; is it {src.filename}?")
-    (partial / _COMPLETE_MARKER).write_text(f"{count} files from {archive}\n")
+    stat = archive.stat()
+    (partial / _COMPLETE_MARKER).write_text(json.dumps({"archive": str(archive.resolve()), "size": stat.st_size,
+                                                        "mtime_ns": stat.st_mtime_ns, "files": count}) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
     return dest / src.root
@@ -407,10 +426,10 @@ class VocSegmentation(SegmentationBuilder):
             src = SOURCES[key]
             extracted = download_dir / "extracted" / src.filename
             root = find_extracted_root(manual, src)
-            if root is None and (extracted / _COMPLETE_MARKER).is_file():
+            archive = next((p for p in (manual / src.filename, download_dir / src.filename) if p.is_file()), None)
+            if root is None and extraction_matches(extracted, archive):  # stale if the archive was replaced
                 root = extracted / src.root
             if root is None:
-                archive = next((p for p in (manual / src.filename, download_dir / src.filename) if p.is_file()), None)
                 if archive is None and self.allow_download:
                     try:
                         archive = download_archive(src, download_dir)
