@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import MutableMapping
 
 import jax
@@ -61,19 +62,55 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
     return directory
 
 
+def wait_for_coordinator(address: str, timeout: float, process_id: int | None = None,
+                         num_processes: int | None = None) -> None:
+    """Waits until something accepts TCP connections at ``address`` ('host:port'); ConnectionError naming
+    it after ``timeout`` seconds (XLA's own client would abort the process without a message)."""
+    import socket
+    import time
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"--coordinator-address {address}: expected host:port")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, max(timeout, 0.1))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"--coordinator-address {address}: nothing answered within {timeout:g} s "
+                                      f"({e.strerror or e}); start process 0 there first (this is process "
+                                      f"{process_id} of {num_processes})") from None
+            time.sleep(0.5)
+
+
+DISTRIBUTED_TIMEOUT = 300  # seconds every process waits for all others to join (jax's default)
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, timeout: int = DISTRIBUTED_TIMEOUT) -> None:
     """Starts ``jax.distributed`` when this is (or may be) a multi-process run.
 
     With explicit arguments they are used as given; without, JAX auto-detects the cluster (TPU pods,
     SLURM, Open MPI) when one of their environments is present; a plain single process does nothing.
+    Says on stderr whom it waits for; raises ConnectionError (one line) when the processes have not all
+    joined within ``timeout`` seconds (an unreachable coordinator, a missing process).
     """
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-    if explicit:
+    if not explicit and not any(k in os.environ for k in CLUSTER_ENV):
+        return
+    where = coordinator_address or "the auto-detected coordinator"
+    if coordinator_address and process_id not in (None, 0):  # XLA aborts the process if it cannot connect
+        wait_for_coordinator(coordinator_address, timeout, process_id, num_processes)
+    print(f"jax.distributed: process {process_id if process_id is not None else '?'} of "
+          f"{num_processes or '?'} joining {where} (waiting up to {timeout} s)", file=sys.stderr, flush=True)
+    try:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-    elif any(k in os.environ for k in CLUSTER_ENV):
-        jax.distributed.initialize()
+                                   process_id=process_id, initialization_timeout=timeout)
+    except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error types)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConnectionError(f"--coordinator-address {where}: the {num_processes or '?'} processes did not "
+                              f"all join within {timeout} s ({reason})") from None
 
 
 def quiet_third_party_logs() -> None:
@@ -87,14 +124,15 @@ def quiet_third_party_logs() -> None:
 
 
 def setup(coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None, *, compilation_cache: bool = True) -> None:
+          process_id: int | None = None, *, compilation_cache: bool = True,
+          distributed_timeout: int = DISTRIBUTED_TIMEOUT) -> None:
     """Everything a tool does before touching a device: CPU XLA flags, the compilation cache, quiet
     third-party logs and (for multi-process runs) ``jax.distributed``."""
     apply_cpu_xla_flags()
     if compilation_cache:
         enable_compilation_cache()
     quiet_third_party_logs()
-    initialize_distributed(coordinator_address, num_processes, process_id)
+    initialize_distributed(coordinator_address, num_processes, process_id, timeout=distributed_timeout)
 
 
 def git_commit() -> str | None:

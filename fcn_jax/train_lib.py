@@ -372,6 +372,22 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def agreed_stop(local_signal: int | None, boundary: bool) -> int | None:
+    """The signal every process acts on at this step, or None.
+
+    One process: its own signal, at any step. Several: saving is a collective, so they must stop at the
+    same step: at log boundaries (the same steps everywhere) they exchange their signals and all stop if
+    any process received one; between boundaries no one stops.
+    """
+    if jax.process_count() == 1:
+        return local_signal
+    if not boundary:
+        return None
+    from jax.experimental import multihost_utils
+    signals = multihost_utils.process_allgather(np.asarray(local_signal or 0, np.int32))
+    return int(np.max(signals)) or None
+
+
 def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
     """Fetches pending step metrics; raises TrainingError at the first step that was not finite (its
     update was not applied, see :func:`train_step`)."""
@@ -518,7 +534,8 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                 window_images += cfg.batch_size
                 bar.update(1)
                 boundary = step % cfg.log_every == 0 or step == cfg.steps
-                save_now = step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None
+                requested = agreed_stop(stop.signal, boundary)  # the same on every process
+                save_now = step % cfg.checkpoint_every == 0 or step == cfg.steps or requested is not None
                 eval_now = step % cfg.eval_every == 0 or step == cfg.steps
                 if boundary or save_now or eval_now:
                     fetched = _check_finite(pending)
@@ -536,7 +553,9 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                 if eval_now:
                     scores = validate(step)
                     window_start = time.perf_counter()
-                if stop.signal is not None:  # it may have arrived after save_now was decided
+                if jax.process_count() == 1:  # one process: a signal that arrived after save_now was decided
+                    requested = stop.signal
+                if requested is not None:
                     if not save_now:
                         _check_finite(pending)  # never save a step whose loss was not finite
                         pending = []
@@ -544,10 +563,10 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                     checkpoints.wait()
                     on_disk = checkpoints.latest_on_disk()
                     if on_disk != step:
-                        raise TrainingError(f"received signal {stop.signal} but step {step} is not on disk "
+                        raise TrainingError(f"received signal {requested} but step {step} is not on disk "
                                             f"(latest saved: {on_disk}); run again to resume from there")
-                    log(f"received signal {stop.signal}: saved step {step} in {workdir}; run again to resume")
-                    interrupted = stop.signal
+                    log(f"received signal {requested}: saved step {step} in {workdir}; run again to resume")
+                    interrupted = requested
                     break
     finally:
         log.bar = None

@@ -156,3 +156,43 @@ def test_two_processes_train_and_one_restores(env):
     assert meta["step"] == 4
     for x, y in zip(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unreachable_coordinator_is_one_line(env):
+    """Earlier code waited silently (and XLA's client aborts the process when the deadline passes)."""
+    workdir = env["root"] / "nowhere"
+    proc = subprocess.run(tiny_args(env, workdir, 2, coordinator_address="127.0.0.1:1", num_processes=2,
+                                    process_id=1, distributed_timeout=2),
+                          env=env["env"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --coordinator-address 127.0.0.1:1: nothing answered within 2 s (Connection refused); "
+        "start process 0 there first (this is process 1 of 2)")
+    assert not workdir.exists()
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(env):
+    """SIGTERM to process 1 only: both processes agree at the next log boundary, save that step together
+    (a collective) and exit 143; earlier code let each decide alone, so they could save different steps
+    and hang."""
+    port = _free_port()
+    workdir = env["root"] / "multistop"
+    args = [tiny_args(env, workdir, 40, coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=i)
+            for i in range(2)]
+    procs = [subprocess.Popen(a, env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for a in args]
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not saved_steps(workdir) and procs[1].poll() is None:
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, "\n".join(o[-2000:] for o in outs)
+    said = [line for line in outs[0].splitlines() if "received signal 15: saved step" in line]
+    assert len(said) == 1, outs[0][-2000:]
+    stopped_at = int(said[0].split("saved step ")[1].split()[0])
+    assert stopped_at < 40 and stopped_at % 2 == 0  # a log boundary (--log-every 2)
+    assert max(saved_steps(workdir)) == stopped_at

@@ -85,6 +85,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     dist.add_argument("--coordinator-address", help="host:port of process 0")
     dist.add_argument("--num-processes", type=int, help="number of processes")
     dist.add_argument("--process-id", type=int, help="this process's index")
+    dist.add_argument("--distributed-timeout", type=int, default=300, metavar="SECONDS",
+                      help="how long each process waits for all the others to join (default 300)")
     return p
 
 
@@ -150,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fcn_jax import platform
     from fcn_jax.train_lib import TrainingError, train_and_evaluate
 
-    platform.setup(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+        platform.setup(args.coordinator_address, args.num_processes, args.process_id,
+                       distributed_timeout=args.distributed_timeout)
+    except ConnectionError as e:
+        return cli.fail("train.py", str(e), code=1)
     workdir = args.workdir or f"runs/{cfg.model.variant}"
     check_workdir(workdir)
     try:
