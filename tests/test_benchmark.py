@@ -190,6 +190,9 @@ def test_cli_infer_shards_over_devices(tmp_path):
     (["--steps", "0"], "steps >= 1"),
     (["--width", "2"], "width"),
     (["--mode", "eval"], "--mode"),
+    (["--batch-size", "100000", "--image-size", "100000"], "--batch-size 100000 --image-size 100000x100000: "
+     "conv1_1's output alone needs"),  # earlier code tracebacked after trying
+    (["--json", "."], "--json .: is a directory"),  # earlier code measured first, then tracebacked
 ])
 def test_usage_errors_are_one_line(args, message, capsys):
     try:

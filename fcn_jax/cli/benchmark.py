@@ -87,13 +87,55 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     return parser
 
 
+def check_json_path(path: str | None) -> None:
+    """UsageError now, not after the measurement, for a ``--json`` that cannot be written."""
+    if path is None or path == "-":
+        return
+    if os.path.isdir(path):
+        raise cli.UsageError(f"--json {path}: is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise cli.UsageError(f"--json {path}: {parent} is not a writable directory")
+
+
+def memory_bytes(device: Any) -> int:
+    """What one device can hold: its allocator's limit (accelerators), else the host's physical memory."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg: bench.BenchmarkConfig, limit: int) -> None:
+    """UsageError when one device's batch cannot possibly fit: conv1_1's output alone (64 channels at the
+    padded input size, compute dtype) already exceeds ``limit`` bytes."""
+    h, w = cfg.image_size
+    pad = 198 if cfg.padding == "reference" else 0
+    channels = max(1, round(64 * cfg.width))
+    itemsize = 2 if cfg.dtype == "bfloat16" else 4
+    need = cfg.batch_size * (h + pad) * (w + pad) * channels * itemsize
+    if need > limit:
+        raise cli.UsageError(f"--batch-size {cfg.batch_size} --image-size {h}x{w}: conv1_1's output alone needs "
+                             f"{need / 2**30:,.1f} GiB per device, more than the {limit / 2**30:,.1f} GiB it has")
+
+
 @cli.user_errors("benchmark.py")
 def main(argv: Sequence[str] | None = None) -> int:
     """``benchmark.py``: measure one configuration, print a summary, optionally write JSON."""
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    check_json_path(args.json)
     platform.setup()  # CPU XLA flags, compilation cache; multi-host: auto-detected on TPU pods / SLURM
-    result = bench.run_benchmark(cfg)
+    check_fits(cfg, memory_bytes(jax.local_devices()[0]))
+    try:
+        result = bench.run_benchmark(cfg)
+    except RuntimeError as e:  # XLA's RESOURCE_EXHAUSTED and allocation failures
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        return cli.fail("benchmark.py", f"out of memory at --batch-size {cfg.batch_size} --image-size "
+                        f"{cfg.image_size[0]}x{cfg.image_size[1]}: try a smaller batch or image", code=1)
     if jax.process_index() == 0:
         print(bench.format_result(result), file=sys.stderr if args.json == "-" else sys.stdout)
         if args.json:
