@@ -148,8 +148,9 @@ def check_workdir(workdir: str) -> None:
 @cli.user_errors("train.py", interrupted="checkpoints already on disk are kept; run again to resume")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = build_config(args)
     from fcn_jax import platform
+    platform.quiet_third_party_logs()  # before build_config, which may read the dataset
+    cfg = build_config(args)
     from fcn_jax.train_lib import TrainingError, train_and_evaluate
 
     try:

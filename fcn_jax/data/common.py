@@ -13,8 +13,10 @@ because encoding PNG/JPEG inside tfds needs TensorFlow, which this project does 
 from __future__ import annotations
 
 import abc
-
+import contextlib
+import io
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -92,7 +94,15 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         """{split: number of examples} the current config produces, known before building."""
 
     def prepare(self) -> "SegmentationBuilder":
-        """Builds the dataset unless it is already complete on disk; returns ``self``."""
+        """Builds the dataset unless it is already complete on disk; returns ``self``.
+
+        tfds's own "Downloading and preparing dataset Unknown size ..." banner (nothing is downloaded
+        for a built-in dataset, and the sizes are known) is replaced by one line naming what is built
+        and where; tfds's progress bars stay.
+        """
         if not self.is_prepared():
-            self.download_and_prepare()
+            print(f"building {self.name}/{self.builder_config.name} in {self.data_dir} (once; later runs "
+                  f"read it from there)", file=sys.stderr, flush=True)
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.download_and_prepare()
         return self
