@@ -15,8 +15,12 @@ Formats, told apart by their key names whatever the container:
 
 Containers: ``.pth`` / ``.pt`` (``torch.load``; needs torch), ``.npz`` and ``.safetensors`` (the same key
 names and PyTorch / Keras layouts as the source, so no torch is needed), ``.h5`` / ``.hdf5`` (Keras
-``save_weights`` layout). fcn-jax checkpoint directories are read by :mod:`fcn_jax.loading`, the one
-loader every tool and the Python API use; this module is its ``load()`` hook for foreign files.
+``save_weights`` layout), ``.caffemodel`` (the original Caffe files, decoded by :mod:`fcn_jax.caffe`: an
+FCN's layer blobs become the ``fcn`` keys, Caffe's Convolution (O, I, kh, kw) and Deconvolution (C_in, C_out,
+k, k) weights being PyTorch's layouts; a VGG16 without an FCN head (``VGG_ILSVRC_16_layers.caffemodel``)
+becomes the ``vgg16-torch`` keys, Caffe's InnerProduct flattening C,H,W as torchvision does; preprocessing
+'caffe'). fcn-jax checkpoint directories are read by :mod:`fcn_jax.loading`, the one loader every tool and
+the Python API use; this module is its ``load()`` hook for foreign files.
 
 The model's parameters are NHWC-style: conv kernels HWIO, fc6 a (7, 7, C, 4096) conv, fc7 (1, 1, 4096, 4096),
 upsamplers (k, k, C, C) for ``lax.conv_transpose(..., transpose_kernel=True)``. VGG16 sources fill the
@@ -37,7 +41,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcn_jax.config import ModelConfig, to_dict
-from fcn_jax.models import INIT_SHAPE, VARIANTS, VGG16_BLOCKS, check_variant, upsampler_names
+from fcn_jax.models import INIT_SHAPE, VARIANTS, VGG16_BLOCKS, check_variant, get_variant, upsampler_names
 from fcn_jax.preprocess import CAFFE, TORCHVISION, check_convention
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ TORCH_SUFFIXES = (".pth", ".pt")
 NPZ_SUFFIXES = (".npz",)
 SAFETENSORS_SUFFIXES = (".safetensors",)
 H5_SUFFIXES = (".h5", ".hdf5")
-SUFFIXES = TORCH_SUFFIXES + NPZ_SUFFIXES + SAFETENSORS_SUFFIXES + H5_SUFFIXES
+CAFFE_SUFFIXES = (".caffemodel",)
+SUFFIXES = TORCH_SUFFIXES + NPZ_SUFFIXES + SAFETENSORS_SUFFIXES + H5_SUFFIXES + CAFFE_SUFFIXES
 
 # Optional preprocessing tag carried by converted files: npz key / safetensors metadata key.
 NPZ_PREPROCESSING_KEY = "__preprocessing__"
@@ -242,14 +247,84 @@ def _keras_h5(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, {}
 
 
+# Caffe layers of the ImageNet VGG16 -> torchvision key prefixes (fc8, the 1000 classes, is ignored like classifier.6).
+CAFFE_VGG16_KEYS = {**{conv: f"features.{index}" for conv, index in zip(CONVS, TORCH_FEATURE_INDEX)},
+                    "fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
+ATONCE = "fcn8s-atonce"
+
+
+def _caffe_keys(prefix: str, blobs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """A Caffe layer's blobs as ``prefix.weight``, ``prefix.bias`` (more blobs: ``prefix.blob2`` ...)."""
+    names = ["weight", "bias"] + [f"blob{i}" for i in range(2, len(blobs))]
+    return {f"{prefix}.{name}": blob for name, blob in zip(names, blobs)}
+
+
+def _atonce_scales(layers: Mapping[str, Any], path: str) -> bool:
+    """Whether the net is the reference's FCN-8s at once: its Scale layers ``scale_pool4`` / ``scale_pool3``
+    hold the fixed factors the model applies (0.01, 0.0001); any other value cannot be represented."""
+    spec = get_variant(ATONCE)
+    expected = {f"scale_{skip}": factor for skip, factor in zip(spec.skips, spec.feature_scales)}
+    present = [name for name in expected if name in layers]
+    if not present:
+        return False
+    if len(present) != len(expected):
+        raise WeightsError(f"{path}: Caffe FCN has {', '.join(present)} but not "
+                           f"{', '.join(n for n in expected if n not in present)}; {ATONCE} scales both skips")
+    for name, factor in expected.items():
+        blobs = layers[name].blobs
+        if len(blobs) != 1 or not np.allclose(blobs[0], np.float32(factor), rtol=1e-6, atol=0):
+            raise WeightsError(f"{path}: Caffe layer {name} ({layers[name].type}) must be the constant {factor:g} "
+                               f"of {ATONCE} (the model's fixed skip scale); found {len(blobs)} blob(s) with values "
+                               f"in [{min(float(b.min()) for b in blobs):g}, {max(float(b.max()) for b in blobs):g}]")
+    return True
+
+
+def _caffemodel(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A ``.caffemodel``: the FCN's layers as pytorch-fcn keys (``{layer}.weight`` / ``.bias``: Caffe and
+    PyTorch share the conv and transposed-conv layouts), or a headless VGG16 as torchvision keys (fc6 / fc7
+    InnerProduct (out, C*7*7) in C,H,W order; convolutionalised (out, C, 7, 7) ones are flattened back). The
+    FCN-8s at-once's Scale layers are checked and dropped; an FCN-8s's metadata records ``variant`` (and
+    ``variant_from``, why), fcn8s-atonce if those layers are there, fcn8s if not."""
+    from fcn_jax import caffe
+    try:
+        net = caffe.read_net(path)
+    except caffe.CaffeModelError as e:
+        raise WeightsError(str(e)) from None
+    layers = {layer.name: layer for layer in net.layers if layer.blobs}
+    title = f"Caffe model {net.name!r}" if net.name else "Caffe model"
+    if "conv1_1" not in layers:
+        found = ", ".join(f"{n} ({layer.type})" for n, layer in list(layers.items())[:8]) or "none"
+        raise WeightsError(f"{path}: {title} is neither VGG16 nor an FCN on VGG16 (no layer conv1_1); layers "
+                           f"with weights: {found}")
+    tensors, meta = {}, {}
+    if any(name.startswith(("score", "upscore")) for name in layers):  # an FCN head: pytorch-fcn keys
+        atonce = _atonce_scales(layers, path)
+        for name, layer in layers.items():
+            if not (atonce and name.startswith("scale_")):
+                tensors.update(_caffe_keys(name, layer.blobs))
+        if atonce:  # the file tells fcn8s from fcn8s-atonce, whatever its name
+            meta.update(variant=ATONCE, variant_from="it has the Scale layers scale_pool4, scale_pool3")
+        elif "upscore8" in layers:
+            meta.update(variant="fcn8s", variant_from="it has upscore8 and no Scale layers")
+    else:
+        for name, layer in layers.items():
+            blobs = layer.blobs
+            if name in ("fc6", "fc7", "fc8") and blobs and blobs[0].ndim == 4:  # convolutionalised already
+                blobs = (blobs[0].reshape(blobs[0].shape[0], -1),) + blobs[1:]
+            tensors.update(_caffe_keys(CAFFE_VGG16_KEYS.get(name, name), blobs))
+    return tensors, meta
+
+
 def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every array of a weights file by its source key, in the source's layout, plus the file's metadata
-    (``{'preprocessing': ...}`` if it records one). Raises :class:`WeightsError` if unreadable."""
+    (``{'preprocessing': ...}`` if it records one; a .caffemodel FCN-8s: ``variant``, ``variant_from``).
+    Raises :class:`WeightsError` if unreadable."""
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such file")
     suffix = os.path.splitext(path)[1].lower()
     readers = {**dict.fromkeys(TORCH_SUFFIXES, _torch_state_dict), **dict.fromkeys(NPZ_SUFFIXES, _npz),
-               **dict.fromkeys(SAFETENSORS_SUFFIXES, _safetensors), **dict.fromkeys(H5_SUFFIXES, _keras_h5)}
+               **dict.fromkeys(SAFETENSORS_SUFFIXES, _safetensors), **dict.fromkeys(H5_SUFFIXES, _keras_h5),
+               **dict.fromkeys(CAFFE_SUFFIXES, _caffemodel)}
     if suffix not in readers:
         raise WeightsError(f"{path}: unknown weights file extension {suffix or '(none)'!r}; expected one of "
                            f"{', '.join(SUFFIXES)} or an fcn-jax checkpoint directory")
@@ -257,7 +332,7 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return readers[suffix](path)
     except WeightsError:
         raise
-    except Exception as e:  # torch, numpy, zipfile, h5py and safetensors raise their own kinds
+    except Exception as e:  # torch, numpy, zipfile, h5py, safetensors and the OS raise their own kinds
         detail = " ".join(str(e).split()) or type(e).__name__
         raise WeightsError(f"{path}: cannot read as a {suffix} weights file ({detail[:200]})") from None
 
@@ -295,6 +370,8 @@ def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str]) -> tup
             return check_convention(file_meta["preprocessing"]), "file metadata"
         except ValueError as e:
             raise WeightsError(f"{path}: recorded preprocessing: {e}") from None
+    if os.path.splitext(path)[1].lower() in CAFFE_SUFFIXES:
+        return CAFFE, "Caffe model (BGR, mean-subtracted input)"
     if fmt == FCN_FORMAT:
         return CAFFE, "pytorch-fcn weights are Caffe-converted"
     if fmt == VGG16_KERAS:
@@ -369,12 +446,14 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
          default_classes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A weights file -> (params tree (float32 NumPy, HWIO kernels), meta) for an FCN.
 
-    ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5).
-    ``variant`` / ``num_classes``: what the caller needs; pytorch-fcn files record both (by their final
-    upsampler, fcn8s-atonce by 'atonce' in the file name, and ``score_fr``), and a different request is
-    an error. VGG16 files hold no head: they take ``variant`` or ``default_variant`` (required) and
-    ``num_classes`` or ``default_classes`` (else 21). ``width``: the channel multiplier the file is for.
-    ``convention`` overrides the preprocessing decided from the format, the file's metadata or its name.
+    ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5) or a Caffe
+    .caffemodel (a reference FCN or the ImageNet VGG16).
+    ``variant`` / ``num_classes``: what the caller needs; FCN files record both (by their final upsampler,
+    fcn8s-atonce by 'atonce' in the file name, or in a .caffemodel by its Scale layers, and ``score_fr``),
+    and a different request is an error. VGG16 files hold no head: they take ``variant`` or
+    ``default_variant`` (required) and ``num_classes`` or ``default_classes`` (else 21). ``width``: the
+    channel multiplier the file is for. ``convention`` overrides the preprocessing decided from the format,
+    the file's metadata or its name.
     ``meta``: ``model`` (config dict), ``preprocessing``, ``preprocessing_from``, ``format``, ``source``.
 
     Raises :class:`WeightsError` naming the file and the offending keys and shapes.
@@ -390,7 +469,11 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
     tensors, file_meta = read_tensors(path)
     fmt = detect_format(tensors, path)
     if fmt == FCN_FORMAT:
-        found = _fcn_variant_of(set(tensors), path)
+        recorded = file_meta.get("variant")  # a .caffemodel's own word on fcn8s vs fcn8s-atonce
+        if recorded and variant and variant != recorded:
+            raise WeightsError(f"{path}: variant {variant} requested, but the file is {recorded} "
+                               f"({file_meta.get('variant_from', 'recorded')})")
+        found = recorded or _fcn_variant_of(set(tensors), path)
         if variant is None and found is None:
             raise WeightsError(f"{path}: cannot tell the FCN variant (no single upscore, upscore16 or "
                                f"upscore8 weight); pass variant=")

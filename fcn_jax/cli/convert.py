@@ -24,23 +24,27 @@ PROG = "python -m fcn_jax.convert"
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Convert FCN or VGG16 weights (pytorch-fcn .pth, torchvision / Keras VGG16, or the same\n"
-                    "tensors as .npz / .safetensors) into an fcn-jax model checkpoint directory that records\n"
+        description="Convert FCN or VGG16 weights (the reference's .caffemodel, pytorch-fcn .pth, torchvision /\n"
+                    "Keras VGG16, or the same tensors as .npz / .safetensors) into an fcn-jax model checkpoint\n"
+                    "directory that records\n"
                     "the variant, classes, class names, preprocessing convention and source file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
+               "  %(prog)s fcn8s-heavy-pascal.caffemodel --out ckpt/fcn8s\n"
                "  %(prog)s fcn8s_from_caffe.pth --out ckpt/fcn8s\n"
                "  %(prog)s vgg16_from_caffe.pth --variant fcn32s --out ckpt/vgg16-fcn32s\n"
                "  %(prog)s vgg16-397923af.pth --variant fcn32s --out ckpt/vgg16tv-fcn32s  # torchvision input\n"
                "exit status: 0 ok, 2 bad input (one line on stderr)")
     parser.add_argument("src", metavar="SRC",
-                        help="weights file (.pth/.pt needs torch; .npz, .safetensors, Keras .h5) or an fcn-jax "
+                        help="weights file (.caffemodel; .pth/.pt needs torch; .npz, .safetensors, Keras .h5) or "
+                             "an fcn-jax "
                              "checkpoint directory; the format is recognised by its key names")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output checkpoint directory (must not exist yet, unless --overwrite)")
     parser.add_argument("--variant", choices=VARIANTS,
-                        help="FCN variant; default: inferred from pytorch-fcn files (fcn8s-atonce needs 'atonce' "
-                             "in the file name or this flag); required for VGG16 files")
+                        help="FCN variant; default: inferred from the file (pytorch-fcn files need 'atonce' in "
+                             "the file name or this flag for fcn8s-atonce; a .caffemodel records it); required "
+                             "for VGG16 files")
     parser.add_argument("--num-classes", type=int, metavar="N",
                         help="number of classes; default: from the file's score_fr, 21 for VGG16 files")
     parser.add_argument("--class-names", metavar="FILE",
