@@ -169,8 +169,16 @@ def _resolve_background(background: int | None | str, class_names: Sequence[str]
 def class_areas(label: np.ndarray, num_classes: int) -> np.ndarray:
     """(num_classes,) float64: the fraction of all of ``label``'s pixels (void included) in each class."""
     label = np.asarray(label)
-    counts = np.bincount(label.reshape(-1).astype(np.int64), minlength=256)[:num_classes]
+    flat = label.reshape(-1)
+    counts = np.bincount(flat if flat.dtype == np.uint8 else flat.astype(np.int64), minlength=256)[:num_classes]
     return counts / max(label.size, 1)
+
+
+def _entries(areas: np.ndarray, min_area: float, exclude: Sequence[int]) -> list[tuple[int, list[float]]]:
+    largest = areas.max(axis=1)
+    keep = [c for c in range(len(areas)) if c not in exclude and largest[c] > 0 and largest[c] >= min_area]
+    keep.sort(key=lambda c: (-largest[c], c))
+    return [(c, [float(a) for a in areas[c]]) for c in keep]
 
 
 def legend_entries(labels: Sequence[np.ndarray], num_classes: int, min_area: float = MIN_AREA,
@@ -179,10 +187,7 @@ def legend_entries(labels: Sequence[np.ndarray], num_classes: int, min_area: flo
     ``exclude``) covering at least ``min_area`` of at least one of ``labels``, largest first (by their
     largest fraction; ties by class index)."""
     areas = np.stack([class_areas(label, num_classes) for label in labels], axis=1)  # (C, len(labels))
-    largest = areas.max(axis=1)
-    keep = [c for c in range(num_classes) if c not in exclude and largest[c] > 0 and largest[c] >= min_area]
-    keep.sort(key=lambda c: (-largest[c], c))
-    return [(c, [float(a) for a in areas[c]]) for c in keep]
+    return _entries(areas, min_area, exclude)
 
 
 def _percent(fraction: float) -> str:
@@ -194,11 +199,12 @@ def _percent(fraction: float) -> str:
 
 def legend(entries: Sequence[tuple[int, Sequence[float]]], class_names: Sequence[str], palette: np.ndarray,
            height: int, *, headers: Sequence[str] | None = None, empty: str = "no classes",
-           min_height: int = 0) -> Image.Image:
+           min_height: int = 0, size: int | None = None) -> Image.Image:
     """A white column listing ``entries`` (from :func:`legend_entries`) as colour swatch, class name and
-    percentages, with text sized for a picture ``height`` pixels tall (:func:`font_size`); optional
-    ``headers`` over the percentage columns; ``empty`` is written when there is nothing to list."""
-    size = font_size(height)
+    percentages, with text sized for a picture ``height`` pixels tall (:func:`font_size`, or ``size``
+    pixels); optional ``headers`` over the percentage columns; ``empty`` is written when there is nothing
+    to list."""
+    size = size or font_size(height)
     face, small = font(size), font(max(9, round(0.85 * size)))
     pad, swatch, line = max(4, size // 2), size, round(1.6 * size)
     name_w = max([_text_size(class_names[c], face)[0] for c, _ in entries] + [0])
@@ -224,9 +230,9 @@ def legend(entries: Sequence[tuple[int, Sequence[float]]], class_names: Sequence
             yield x
 
     if headers:
+        lift = (size - getattr(small, "size", size)) // 2  # the smaller header text centred on a row
         for x, header in zip(right_edges(), headers):
-            draw.text((x - _text_size(header, small)[0], pad + (size - getattr(small, "size", size)) // 2), header, fill=_MUTED,
-                      font=small)
+            draw.text((x - _text_size(header, small)[0], pad + lift), header, fill=_MUTED, font=small)
     for row, ((c, _), texts) in enumerate(zip(entries, cells)):
         y = top + row * line
         colour = tuple(int(v) for v in palette[c])
@@ -239,7 +245,7 @@ def legend(entries: Sequence[tuple[int, Sequence[float]]], class_names: Sequence
 
 # ---------------------------------------------------------------------------------- composition
 
-def _hstack(images: Sequence[Image.Image], gap: int = 0) -> Image.Image:
+def hstack(images: Sequence[Image.Image], gap: int = 0) -> Image.Image:
     """Images side by side, top-aligned, on white, ``gap`` pixels apart."""
     width = sum(im.width for im in images) + gap * (len(images) - 1)
     out = Image.new("RGB", (width, max(im.height for im in images)), "white")
@@ -248,6 +254,9 @@ def _hstack(images: Sequence[Image.Image], gap: int = 0) -> Image.Image:
         out.paste(im.convert("RGB"), (x, 0))
         x += im.width + gap
     return out
+
+
+_hstack = hstack
 
 
 def vstack(images: Sequence[Image.Image], gap: int = 0) -> Image.Image:
@@ -296,6 +305,24 @@ def contour_thickness(height: int, width: int) -> int:
     return 2 if min(height, width) >= 512 else 1
 
 
+def _blend(image: np.ndarray, label: np.ndarray, mask: np.ndarray, palette: np.ndarray,
+           alpha: float) -> np.ndarray:
+    """``image`` with the pixels of ``mask`` replaced by ``rint((1 - alpha) * image + alpha * colour)``,
+    through a (class, channel, value) table, a band of rows at a time (12-megapixel photos included)."""
+    values = np.arange(256, dtype=np.float64)[None, None, :]
+    table = np.clip(np.rint((1 - alpha) * values + alpha * palette.astype(np.float64)[:, :, None]), 0, 255)
+    table = table.astype(np.uint8).reshape(-1)  # index (class * 3 + channel) * 256 + value
+    out = image.copy()
+    channels = np.arange(3, dtype=np.intp) * 256
+    rows = max(1, (1 << 18) // max(1, label.shape[1]))
+    for y in range(0, label.shape[0], rows):
+        band = mask[y:y + rows]
+        if band.any():
+            index = label[y:y + rows][band].astype(np.intp)[:, None] * 768 + channels + image[y:y + rows][band]
+            out[y:y + rows][band] = table[index]
+    return out
+
+
 def overlay(image: np.ndarray, label: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
             colours: Sequence[Sequence[int]] | None = None, *, background: int | None | str = AUTO,
             contour: bool | int = True, min_area: float = MIN_AREA) -> Image.Image:
@@ -321,23 +348,22 @@ def overlay(image: np.ndarray, label: np.ndarray, class_names: Sequence[str], al
     tinted = label < num_classes
     if background is not None:
         tinted &= label != background
-    colour = palette[label].astype(np.float64)
-    blended = np.clip(np.rint((1 - alpha) * image + alpha * colour), 0, 255)
-    picture = np.where(tinted[..., None], blended, image)
+    picture = _blend(image, label, tinted, palette, alpha)
     if contour:
         thickness = contour_thickness(*label.shape) if contour is True else int(contour)
         outline = tinted & boundaries(label, thickness)
-        picture = np.where(outline[..., None], np.rint(CONTOUR_SHADE * colour), picture)
-    picture = picture.astype(np.uint8)
+        dark = np.rint(CONTOUR_SHADE * palette.astype(np.float64)).astype(np.uint8)
+        picture[outline] = dark[label[outline]]
     exclude = () if background is None else (background,)
-    entries = legend_entries([label], num_classes, min_area, exclude=exclude)
-    found = {c for c, _ in legend_entries([label], num_classes, 0.0)}
+    areas = class_areas(label, num_classes)[:, None]
+    entries = _entries(areas, min_area, exclude)
+    found = set(np.nonzero(areas[:, 0])[0].tolist())
     empty = f"only {class_names[background]}" if background is not None and found <= {background} else \
         "no classes"
     if found - set(exclude) and not entries:
         empty = f"nothing above {_percent(min_area)}"
     side = legend(entries, class_names, palette, label.shape[0], empty=empty, min_height=label.shape[0])
-    return _hstack([Image.fromarray(picture), side])
+    return hstack([Image.fromarray(picture), side])
 
 
 def zoom_factor(height: int, width: int, min_tile: int = MIN_TILE, max_side: int = 4096) -> int:
@@ -347,6 +373,12 @@ def zoom_factor(height: int, width: int, min_tile: int = MIN_TILE, max_side: int
     if short <= 0 or short >= min_tile:
         return 1
     return max(1, min(math.ceil(min_tile / short), max_side // long))
+
+
+def panel_font_size(tile_side: int) -> int:
+    """Text size in a panel whose tiles are ``tile_side`` pixels on their short side: 14 up to 280 px,
+    then 5% of it (a panel is a picture to read, its tiles at least :data:`MIN_TILE` pixels)."""
+    return max(14, round(0.05 * tile_side))
 
 
 def _enlarge(tile: Image.Image, factor: int) -> Image.Image:
@@ -375,20 +407,21 @@ def panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: Sequ
     tiles = [_enlarge(tile, factor) for tile in (Image.fromarray(image), colorize(gt, colours),
                                                   colorize(pred, colours))]
     tile_h = tiles[0].height
-    size = round(1.2 * font_size(tile_h))
+    # text from the short side (the same for portrait and landscape); for all enlarged images alike
+    size = panel_font_size(min(gt.shape) if factor == 1 else min_tile)
     gap = max(6, size // 2)
     columns = []
     for caption, tile in zip(("image", "ground truth", "prediction"), tiles):
-        head = text_block(caption, tile.width, size)
+        head = text_block(caption, tile.width, round(1.15 * size))
         columns.append(vstack([head, tile]))
     entries = legend_entries([gt, pred], len(class_names), min_area)
     side = legend(entries, class_names, class_palette(colours), tile_h, headers=("truth", "pred."),
-                  empty="no classes")
+                  empty="no classes", size=size)
     head_h = columns[0].height - tile_h
     side = vstack([Image.new("RGB", (side.width, head_h), "white"), side])  # aligned with the tiles
-    row = _hstack(columns + [side], gap=gap)
+    row = hstack(columns + [side], gap=gap)
     if title:
-        row = vstack([text_block(title, row.width, round(1.15 * size)), row])
+        row = vstack([text_block(title, row.width, round(1.3 * size)), row])
     return row
 
 
@@ -430,7 +463,7 @@ def learning_curve_panels(records: Sequence[dict[str, Any]]) -> list[dict[str, A
     validation scores (``val/*`` but speeds, losses and per-class IU) and per-class IU
     (``val/iu/<class>``), each only if present."""
     keys = sorted({k for r in records for k in r})
-    per_class = [k for k in keys if k.startswith("val/iu/")]
+    per_class = list(dict.fromkeys(k for r in records for k in r if k.startswith("val/iu/")))  # class order
     order = {k: i for i, k in enumerate(_SCORE_NAMES)}
     scores = sorted((k for k in keys if k.startswith("val/") and k not in per_class and "per_s" not in k
                      and "loss" not in k), key=lambda k: (order.get(k[4:], len(order)), k))
@@ -487,8 +520,10 @@ def plot_learning_curves(metrics_jsonl_path: str, out_png: str, title: str | Non
             ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3, label=name, **style)
             if key == "val/mean_iu":
                 step, best = max(points, key=lambda p: (p[1], -p[0]))
-                ax.annotate(f"best {best:.1f}% (step {step})", (step, best), xytext=(0, 8),
-                            textcoords="offset points", ha="center", fontsize="small")
+                steps = [p[0] for p in points]
+                late = step > (min(steps) + max(steps)) / 2  # keep the label inside the axes
+                ax.annotate(f"best {best:.1f}% (step {step})", (step, best), xytext=(-4 if late else 4, 8),
+                            textcoords="offset points", ha="right" if late else "left", fontsize="small")
         ax.set(title=spec["title"], xlabel="step", ylabel=spec["ylabel"])
         ax.grid(alpha=0.3)
         if spec["title"] == "learning rate":
