@@ -154,6 +154,9 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
             target = _local_target(os.path.join(directory, str(found), kind))
             restored = mngr.restore(found, args=ocp.args.Composite(**{
                 kind: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
+        except Exception as e:  # noqa: BLE001  (truncated or missing files, bad metadata: a damaged step)
+            raise CheckpointError(f"{os.path.join(directory, str(found))}: cannot be restored ({_first_line(e)}); "
+                                  f"it is damaged: pick another --step") from None
         finally:
             mngr.close()
     tree, meta = restored[kind], dict(restored["meta"])

@@ -254,3 +254,18 @@ def test_a_full_disk_at_a_checkpoint_is_one_line(data_dir, tmp_path, monkeypatch
                    f"it are intact)"]
     _, meta = checkpoint.load_model(str(workdir), "latest")
     assert meta["step"] == 2
+
+
+def test_an_explicitly_requested_damaged_step_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    from fcn_jax.cli import eval as eval_cli
+    _, workdir, _ = finished_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    step_dir = os.path.join(copy, checkpoint.CHECKPOINTS, "4")
+    _damage(step_dir, "truncated data")
+    assert eval_cli.main(["--ckpt", copy, "--step", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"eval.py: error: --ckpt {step_dir}: cannot be restored ("), err
+    assert err[0].endswith("it is damaged: pick another --step")
