@@ -102,13 +102,14 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None,
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
                manual_dir: str | os.PathLike | None = None, *, void: int = VOID, binary: bool = False,
-               **kwargs: Any):
+               progress: bool = True, **kwargs: Any):
     """Random-access source (``len``, ``[i]``) of example dicts of one split, preparing first if needed.
 
-    ``void`` / ``binary``: how a folder dataset's masks are read (see :mod:`fcn_jax.data.folder`).
+    ``void`` / ``binary``: how a folder dataset's masks are read (see :mod:`fcn_jax.data.folder`);
+    ``progress``: a bar while a large folder is scanned.
     """
     if is_folder(name):
-        return _folder(name, void, binary, kwargs).source(split)
+        return _folder(name, void, binary, kwargs, progress).source(split)
     builder = prepare(name, data_dir, manual_dir, void=void, binary=binary, **kwargs)
     if split not in builder.info.splits:
         raise DataError(f"{name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
