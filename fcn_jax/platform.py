@@ -125,13 +125,14 @@ def quiet_third_party_logs() -> None:
 
 def setup(coordinator_address: str | None = None, num_processes: int | None = None,
           process_id: int | None = None, *, compilation_cache: bool = True,
-          distributed_timeout: int = DISTRIBUTED_TIMEOUT) -> None:
+          distributed_timeout: int = DISTRIBUTED_TIMEOUT, verbose: bool = False) -> None:
     """Everything a tool does before touching a device: CPU XLA flags, the compilation cache, quiet
-    third-party logs and (for multi-process runs) ``jax.distributed``."""
+    third-party logs (unless ``verbose``) and (for multi-process runs) ``jax.distributed``."""
     apply_cpu_xla_flags()
     if compilation_cache:
         enable_compilation_cache()
-    quiet_third_party_logs()
+    if not verbose:
+        quiet_third_party_logs()
     initialize_distributed(coordinator_address, num_processes, process_id, timeout=distributed_timeout)
 
 

@@ -33,6 +33,14 @@ class SummaryWriter:
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
 
+    def write_images(self, step: int, images: dict[str, Any]) -> None:
+        """Records (H, W, 3) uint8 pictures (e.g. 'val/panel/0') at ``step`` in TensorBoard."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self._tb.add_image(name, image, step, dataformats="HWC")
+        self._tb.flush()
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

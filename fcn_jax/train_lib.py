@@ -372,6 +372,33 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+PANELS = 3  # validation images shown in TensorBoard at each validation
+
+
+class _PanelCollector:
+    """``on_batch`` callback of :func:`fcn_jax.evaluate.evaluate` keeping image | truth | prediction panels
+    ((H, W, 3) uint8) of the first ``limit`` validation images."""
+
+    def __init__(self, limit: int, convention: str, ds_meta: Any, title: str):
+        self.limit, self.convention, self.ds_meta, self.title = limit, convention, ds_meta, title
+        self.panels: list[np.ndarray] = []
+
+    def __call__(self, batch: Any, preds: np.ndarray) -> bool:
+        from fcn_jax.evaluate import local_rows
+        from fcn_jax.preprocess import deprocess
+        from fcn_jax.viz import panel
+        images, labels = local_rows(batch.image), local_rows(batch.label)
+        for row, index in enumerate(np.asarray(batch.indices)):
+            if index < 0 or len(self.panels) >= self.limit:
+                continue
+            h, w = (int(v) for v in np.asarray(batch.sizes)[row])
+            picture = panel(deprocess(images[row, :h, :w], self.convention), labels[row, :h, :w],
+                            preds[row, :h, :w], self.ds_meta.class_names, self.ds_meta.colours,
+                            f"{self.title}, validation image {int(index)}")
+            self.panels.append(np.asarray(picture.convert("RGB")))
+        return len(self.panels) < self.limit
+
+
 def agreed_stop(local_signal: int | None, boundary: bool) -> int | None:
     """The signal every process acts on at this step, or None.
 
@@ -505,7 +532,10 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
         batches = pipeline.eval_batches(eval_source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
                                         bucket_multiple=cfg.eval_bucket_multiple, sizes=eval_sizes,
                                         sharding=parallel.data_sharding(mesh))
-        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False)
+        pictures = _PanelCollector(PANELS, cfg.preprocessing, ds_meta, f"{cfg.model.variant} step {step}")
+        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False,
+                          on_batch=pictures if lead else None)
+        writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
         scores = {k: float(result.scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
         per_class = {f"val/iu/{name}": float(v) for name, v in zip(ds_meta.class_names, result.scores["iu"])
                      if math.isfinite(float(v))}

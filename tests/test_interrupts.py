@@ -216,6 +216,10 @@ def test_the_run_directory_tells_its_story(finished_run):
     assert set(per_class) <= set(data.SHAPES_CLASSES) and "background" in per_class
     import numpy as np
     assert np.nanmean(list(per_class.values())) == pytest.approx(summary["scores"]["mean_iu"])
+    events = b"".join(open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(os.path.join(workdir, "tensorboard"))
+                      for f in fs)
+    for i in range(train_lib.PANELS):  # image | truth | prediction panels of the validation images
+        assert f"val/panel/{i}".encode() in events
 
 
 def test_a_failed_start_creates_nothing_and_bad_workdirs_are_one_line(data_dir, tmp_path, capsys):

@@ -127,6 +127,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: add horizontal flips")
     parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="S[,S...]",
                         help="test-time augmentation: input scales, e.g. 0.5,1,1.5 (default: 1)")
+    add_verbose_flag(parser)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: third-party notices (absl, Orbax, tfds) on the console, which are off by default."""
+    parser.add_argument("--verbose", action="store_true", help="also show third-party libraries' log notices")
 
 
 def load_ckpt(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:

@@ -263,8 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--num-pictures", args.num_pictures)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    platform.setup()
-    run_eval(EvalConfig(**vars(args)))
+    platform.setup(verbose=args.verbose)
+    if not args.progress:
+        from fcn_jax import data
+        data.disable_progress_bars()
+    run_eval(EvalConfig(**{k: v for k, v in vars(args).items() if k != "verbose"}))
     return 0
 
 

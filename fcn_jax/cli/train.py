@@ -80,7 +80,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="run directory (default runs/VARIANT); an existing one is resumed")
     _add_field_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig, "")
     _add_field_flags(p.add_argument_group("network (ModelConfig fields)"), ModelConfig, "model.")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_verbose_flag(p)
     dist = p.add_argument_group("multi-host (auto-detected on TPU pods / SLURM when not given)")
     dist.add_argument("--coordinator-address", help="host:port of process 0")
     dist.add_argument("--num-processes", type=int, help="number of processes")
@@ -149,13 +150,17 @@ def check_workdir(workdir: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fcn_jax import platform
-    platform.quiet_third_party_logs()  # before build_config, which may read the dataset
+    if not args.verbose:
+        platform.quiet_third_party_logs()  # before build_config, which may read the dataset
+    if args.no_progress:
+        from fcn_jax import data
+        data.disable_progress_bars()
     cfg = build_config(args)
     from fcn_jax.train_lib import TrainingError, train_and_evaluate
 
     try:
         platform.setup(args.coordinator_address, args.num_processes, args.process_id,
-                       distributed_timeout=args.distributed_timeout)
+                       distributed_timeout=args.distributed_timeout, verbose=args.verbose)
     except ConnectionError as e:
         return cli.fail("train.py", str(e), code=1)
     workdir = args.workdir or f"runs/{cfg.model.variant}"

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+import tensorflow_datasets as tfds
+
 from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
 from fcn_jax.data.folder import FolderDataset, FolderSource, folder_root, is_folder, load_folder, read_mask
 from fcn_jax.preprocess import VOID
@@ -60,6 +62,11 @@ def _folder(name: str, void: int, binary: bool, kwargs: Mapping[str, Any], progr
     if kwargs:
         raise DataError(f"{name}: folder datasets take no builder options (got {', '.join(sorted(kwargs))})")
     return load_folder(folder_root(name), void=void, binary=binary, progress=progress)
+
+
+def disable_progress_bars() -> None:
+    """No progress bars while datasets are built or scanned (tfds's own included): ``--no-progress``."""
+    tfds.disable_progress_bar()
 
 
 def get_builder(name: str, data_dir: str | os.PathLike | None = None,
