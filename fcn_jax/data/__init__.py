@@ -1,7 +1,8 @@
 """Datasets: tfds builders (registered when this package is imported), folders of files, their metadata.
 
 Dataset names: ``shapes`` (= ``shapes/default``; also ``shapes/tiny``, ``shapes/large``),
-``voc_segmentation/{sbd_fcn,voc2012,voc2012_aug}`` (``voc_segmentation`` alone = ``sbd_fcn``), and
+``voc_segmentation/{sbd_fcn,voc2012,voc2012_aug}`` (``voc_segmentation`` alone = ``sbd_fcn``),
+``pascal_context`` (= ``/context59``), ``sift_flow`` (= ``/default``), ``nyud/{trainval_test,train_val}``, and
 ``folder:DIR``, your own images and masks read directly from a directory (no build step; a changed
 folder is read again), laid out as (details in :mod:`fcn_jax.data.folder`)::
 
@@ -34,17 +35,23 @@ import tensorflow_datasets as tfds
 from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
 from fcn_jax.data.folder import FolderDataset, FolderSource, folder_root, is_folder, load_folder, read_mask
 from fcn_jax.preprocess import VOID
+from fcn_jax.data.nyud import NYUD_CLASSES, Nyud
+from fcn_jax.data.pascal_context import CONTEXT59_CLASSES, PascalContext
 from fcn_jax.data.shapes import SHAPES_CLASSES, Shapes, ShapesConfig
+from fcn_jax.data.sift_flow import GEOMETRIC_CLASSES, SIFT_FLOW_CLASSES, SiftFlow
 from fcn_jax.data.voc import VOC_CLASSES, VocSegmentation, VocSegmentationConfig
 
 __all__ = [
+    "CONTEXT59_CLASSES", "GEOMETRIC_CLASSES", "NYUD_CLASSES", "Nyud", "PascalContext", "SIFT_FLOW_CLASSES", "SiftFlow",
     "DataError", "DatasetMeta", "EVAL_SPLIT", "FolderDataset", "FolderSource", "SHAPES_CLASSES",
     "SegmentationBuilder", "Shapes", "ShapesConfig", "TRAIN_SPLIT", "VOC_CLASSES", "VOID", "VocSegmentation",
     "VocSegmentationConfig", "class_pixel_counts", "dataset_meta", "dataset_summary", "folder_root",
     "get_builder", "is_folder", "load_folder", "load_split", "prepare", "read_mask",
 ]
 
-_BUILDERS: dict[str, type[SegmentationBuilder]] = {"shapes": Shapes, "voc_segmentation": VocSegmentation}
+_BUILDERS: dict[str, type[SegmentationBuilder]] = {"shapes": Shapes, "voc_segmentation": VocSegmentation,
+                                                   "pascal_context": PascalContext, "sift_flow": SiftFlow,
+                                                   "nyud": Nyud}
 
 
 def _known_names() -> str:
