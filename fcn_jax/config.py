@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from fcn_jax.models import FCN, PADDINGS, VARIANTS
 from fcn_jax.models.registry import validate as validate_model
-from fcn_jax.preprocess import CONVENTIONS
+from fcn_jax.preprocess import CONVENTIONS, INPUTS, resolve_inputs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FREEZE_CHOICES = ("none", "final", "all")
@@ -121,7 +121,13 @@ class TrainConfig:
                                          "batch them (None: each image at its own size, batch 1, as Caffe)")
     sampling: str = option("epoch", "training order: 'epoch' (a permutation per epoch) or 'replacement' "
                            "(uniform draws with replacement, Caffe's voc_layers.py)", ("epoch", "replacement"))
-    preprocessing: str = option("caffe", "input convention (must match --init weights)", CONVENTIONS)
+    preprocessing: str = option("caffe", "input convention: 'caffe' (BGR minus the ImageNet/VOC mean), its dataset "
+                                "means 'caffe-context', 'caffe-siftflow', 'caffe-nyud' (the reference's data "
+                                "layers), or 'torchvision'; must be of the --init weights' family", CONVENTIONS)
+    inputs: str | None = option(None, "example fields forming the network input: 'image' (colour), 'hha', "
+                                "'image+depth' (BGR + log depth, 4 channels), 'image+hha' (6 channels); None: "
+                                "the variant's default (image; nyud-fcn32s-color-d image+depth; "
+                                "nyud-fcn32s-color-hha image+hha)", INPUTS)
     void_value: int = option(255, "folder: datasets: the mask value of ignored pixels (excluded from loss and "
                              "metrics)")
     binary_masks: bool = option(False, "folder: datasets: masks are binary, 0 = background and any other "
@@ -143,7 +149,8 @@ class TrainConfig:
     frozen: str | None = option(None, "regular expression over parameter paths (e.g. 'backbone/.*'): "
                                 "matching parameters stay fixed, outside the optimiser and weight decay")
     init: str | None = option(None, "start from weights: a VGG16 or FCN weights file (.pth / .h5 / .npz / "
-                              ".safetensors), a converted checkpoint or an earlier stage's workdir")
+                              ".safetensors / .caffemodel), a converted checkpoint or an earlier stage's workdir; "
+                              "late fusion: color=PATH,hha=PATH (one FCN-32s per stream)")
     seed: int = option(1337, "seed for initialisation, shuffling, augmentation and dropout")
     log_every: int = option(20, "steps between logged training metrics")
     eval_every: int = option(500, "steps between validations")
@@ -177,6 +184,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={pattern!r} is not a regular expression ({e})") from None
         if not 0 <= self.void_value <= 255:
             raise ValueError(f"void_value must be in 0..255, got {self.void_value}")
+        resolve_inputs(self.inputs, self.model.variant)  # ValueError naming --inputs if the channels differ
         if self.class_weights is not None and "," in self.class_weights:
             parse_class_weights(self.class_weights, self.model.num_classes)
         if self.init is not None:  # 'vgg16:' / 'ckpt:' prefixes of earlier versions are accepted

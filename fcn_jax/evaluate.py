@@ -10,6 +10,11 @@ Library side of ``eval.py`` and of the training loop's periodic validation:
   buckets, label 255 in the padding and filler, so neither is ever counted) and sums the matrices
   on device. jit compiles the step once per distinct batch shape.
 
+A multi-head model (SIFT Flow: semantic and geometric) is scored head by head: one confusion matrix
+per head, against the labels of its batch key (``EvalBatch.labels``, :func:`fcn_jax.preprocess.head_targets`),
+each with the reference's metrics (``EvalResult.heads``); ``EvalResult.hist`` / ``scores`` are the first
+head's.
+
 The forward pass and its test-time augmentation are :func:`fcn_jax.inference.class_scores`. Mirroring
 is per image within its own width, so the padding of a bucketed batch stays on the right; scaling
 resizes the whole padded canvas, so an image's last row and column blend slightly with the padding.
@@ -33,6 +38,7 @@ from tqdm import tqdm
 from fcn_jax.inference import class_scores
 from fcn_jax.metrics import ConfusionAccumulator, confusion_matrix, scores
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh, put_replicated, replicated
+from fcn_jax.preprocess import LABEL, SEGMENTATION, Target, head_targets
 
 if TYPE_CHECKING:
     from fcn_jax.data.pipeline import EvalBatch
@@ -43,50 +49,89 @@ if TYPE_CHECKING:
 # Sharded evaluation
 
 
+def model_targets(model: Any, num_classes: int) -> tuple[Target, ...]:
+    """The heads ``model`` is scored on (:func:`fcn_jax.preprocess.head_targets`); a model that names no
+    FCN variant has one head."""
+    variant = getattr(model, "variant", None)
+    if variant is None:
+        return (Target("", LABEL, SEGMENTATION, int(num_classes)),)
+    return head_targets(variant, int(num_classes))
+
+
+def head_class_names(targets: Sequence[Target], class_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Class names per head: ``class_names`` for the first head, the dataset's own for the others (SIFT
+    Flow's geometric classes), else ``class_<i>``."""
+    out = {targets[0].head: tuple(class_names)}
+    for target in targets[1:]:
+        names: tuple[str, ...] | None = None
+        if target.field == "geometric":
+            from fcn_jax.data.sift_flow import GEOMETRIC_CLASSES
+            names = GEOMETRIC_CLASSES
+        if names is None or len(names) != target.num_classes:
+            names = tuple(f"class_{i}" for i in range(target.num_classes))
+        out[target.head] = tuple(names)
+    return out
+
+
 def make_eval_step(model: FCN, num_classes: int, mesh: Mesh | None = None, *, flip: bool = False,
-                   scales: Sequence[float] = (1.0,)) -> Callable[..., tuple[jax.Array, jax.Array]]:
+                   scales: Sequence[float] = (1.0,)) -> Callable[..., tuple[Any, Any]]:
     """The compiled evaluation step ``step(params, image, label, widths=None) -> (hist, preds)``.
 
     ``params``: parameter tree (or ``{'params': ...}``), replicated over ``mesh`` (place it once with
-    ``fcn_jax.parallel.put_replicated``, or every call copies it); ``image`` (B, H, W, 3) float32
+    ``fcn_jax.parallel.put_replicated``, or every call copies it); ``image`` (B, H, W, C) float32
     preprocessed, ``label`` (B, H, W) int (255 = void / padding) and ``widths`` (B,) int32 (true image
     widths, only read when ``flip``) are sharded along B over the ``'data'`` axis (B a multiple of
     the device count). Returns ``hist`` (n, n) int32 replicated and ``preds`` (B, H, W) int32 sharded.
-    ``mesh`` defaults to all devices. Steps are cached, so repeated calls (periodic validation) reuse
-    the compiled program.
+    A multi-head model takes ``label`` as ``{head: (B, H, W)}`` and returns ``{head: hist}`` and
+    ``{head: preds}`` (:func:`model_targets`). ``mesh`` defaults to all devices. Steps are cached, so
+    repeated calls (periodic validation) reuse the compiled program.
     """
     mesh = make_mesh() if mesh is None else mesh
-    jitted = _compiled_step(model, int(num_classes), mesh, bool(flip), tuple(float(s) for s in scales))
+    heads = tuple((t.head, t.num_classes) for t in model_targets(model, num_classes))
+    jitted = _compiled_step(model, heads, mesh, bool(flip), tuple(float(s) for s in scales))
 
-    def step(params: Any, image: jax.Array, label: jax.Array,
-             widths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def step(params: Any, image: jax.Array, label: Any, widths: jax.Array | None = None) -> tuple[Any, Any]:
         return jitted(params, image, label, widths if flip else None)
 
     return step
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_step(model: FCN, num_classes: int, mesh: Mesh, flip: bool, scales: tuple[float, ...]):
+def _compiled_step(model: FCN, heads: tuple[tuple[str, int], ...], mesh: Mesh, flip: bool,
+                   scales: tuple[float, ...]):
     def step(params, image, label, widths):
         out = class_scores(model, params, image, flip=flip, scales=scales, widths=widths)
-        preds = jnp.argmax(out, axis=-1).astype(jnp.int32)
-        return confusion_matrix(label, preds, num_classes), preds
+        if len(heads) == 1:
+            preds = jnp.argmax(out, axis=-1).astype(jnp.int32)
+            return confusion_matrix(label, preds, heads[0][1]), preds
+        preds = {head: jnp.argmax(out[head], axis=-1).astype(jnp.int32) for head, _ in heads}
+        return {head: confusion_matrix(label[head], preds[head], n) for head, n in heads}, preds
 
     rep, data = replicated(mesh), data_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, data, data, data), out_shardings=(rep, data))
 
 
 @dataclasses.dataclass
+class HeadResult:
+    """One head's ``hist`` (n, n) int64 confusion matrix and its ``scores`` (:func:`fcn_jax.metrics.scores`)."""
+
+    hist: np.ndarray
+    scores: dict[str, Any]
+
+
+@dataclasses.dataclass
 class EvalResult:
     """What :func:`evaluate` measured: ``hist`` (n, n) int64 confusion matrix of the whole split,
     ``scores`` (see :func:`fcn_jax.metrics.scores`), the image count, and the wall time (compilation
-    included) and throughput."""
+    included) and throughput. ``heads``: every head's :class:`HeadResult` by head key ('' for a
+    single-head model; 'sem', 'geo' for SIFT Flow); ``hist`` / ``scores`` are the first head's."""
 
     hist: np.ndarray
     scores: dict[str, Any]
     num_images: int
     seconds: float
     images_per_s: float
+    heads: dict[str, HeadResult] = dataclasses.field(default_factory=dict)
 
 
 def _global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
@@ -113,20 +158,23 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
              progress: bool = True, total: int | None = None) -> EvalResult:
     """Evaluates ``model`` with ``params`` over ``batches`` and returns the reference's metrics.
 
-    ``batches``: ``EvalBatch`` objects (``image`` (B, H, W, 3) float32 preprocessed, ``label``
-    (B, H, W) int with 255 in void, padding and filler, ``sizes`` (B, 2), ``names``, ``indices`` (B,)
-    with -1 for filler), this process's rows of a global batch in multi-process runs. B must be a
-    multiple of the device count of ``mesh`` (default: all devices). The confusion matrix stays on
+    ``batches``: ``EvalBatch`` objects (``image`` (B, H, W, C) float32 preprocessed, ``label``
+    (B, H, W) int with 255 in void, padding and filler, for a multi-head model ``labels`` {batch key:
+    (B, H, W)} of every head, ``sizes`` (B, 2), ``names``, ``indices`` (B,) with -1 for filler), this
+    process's rows of a global batch in multi-process runs. ``num_classes``: the (first) head's. B must
+    be a multiple of the device count of ``mesh`` (default: all devices). The confusion matrices stay on
     device until the end. ``on_batch(batch, preds)`` is called on the host after each batch with this
-    process's predictions (B, H, W) int32 (e.g. to save pictures); once it returns False it is not called
-    again and predictions are no longer copied to the host. ``progress`` shows a tqdm bar in images/s
-    (``total`` = expected image count, optional).
+    process's predictions (B, H, W) int32, the first head's (e.g. to save pictures); once it returns
+    False it is not called again and predictions are no longer copied to the host. ``progress`` shows a
+    tqdm bar in images/s (``total`` = expected image count, optional).
     """
     mesh = make_mesh() if mesh is None else mesh
     step = make_eval_step(model, num_classes, mesh, flip=flip, scales=scales)
+    targets = model_targets(model, num_classes)
+    multi = len(targets) > 1
     params = put_replicated(params, mesh)
     sharding = data_sharding(mesh)
-    accumulator = ConfusionAccumulator(num_classes)
+    accumulators = {t.head: ConfusionAccumulator(t.num_classes) for t in targets}
     count = 0
     start = time.perf_counter()
     with tqdm(total=total, unit="img", desc="eval", dynamic_ncols=True,
@@ -134,19 +182,34 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
         for batch in batches:
             rows = batch.image.shape[0] * (1 if isinstance(batch.image, jax.Array) else jax.process_count())
             check_batch_size(int(rows), mesh, flag="batch size")
-            image, label = _global(batch.image, sharding), _global(batch.label, sharding)
+            image = _global(batch.image, sharding)
             widths = _global(np.asarray(batch.sizes)[:, 1].astype(np.int32), sharding) if flip else None
-            hist, preds = step(params, image, label, widths)
-            accumulator.add(hist, label.size)
+            if multi:
+                given = getattr(batch, "labels", None) or {}
+                missing = [t.batch_key for t in targets if t.batch_key not in given]
+                if missing:
+                    raise ValueError(f"{model.variant} is scored on {', '.join(t.head for t in targets)} but the "
+                                     f"batches have no {', '.join(missing)} labels (eval_batches(labels=...))")
+                label = {t.head: _global(given[t.batch_key], sharding) for t in targets}
+                hists, preds = step(params, image, label, widths)
+                for t in targets:
+                    accumulators[t.head].add(hists[t.head], label[t.head].size)
+                preds = preds[targets[0].head]
+            else:
+                label = _global(batch.label, sharding)
+                hist, preds = step(params, image, label, widths)
+                accumulators[targets[0].head].add(hist, label.size)
             real = int((np.asarray(batch.indices) >= 0).sum())
             count += real
             if on_batch is not None and on_batch(batch, local_rows(preds)) is False:
                 on_batch = None
             bar.update(real)
-        hist = accumulator.total()
+        heads = {head: HeadResult(hist, scores(hist)) for head, hist in
+                 ((head, acc.total()) for head, acc in accumulators.items())}
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         count = int(np.sum(multihost_utils.process_allgather(np.int64(count))))
     seconds = time.perf_counter() - start
-    return EvalResult(hist=hist, scores=scores(hist), num_images=count, seconds=seconds,
-                      images_per_s=count / seconds if seconds > 0 else math.nan)
+    first = heads[targets[0].head]
+    return EvalResult(hist=first.hist, scores=first.scores, num_images=count, seconds=seconds,
+                      images_per_s=count / seconds if seconds > 0 else math.nan, heads=heads)

@@ -76,9 +76,10 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 
 def class_scores(model: Any, params: Any, x: jax.Array, *, flip: bool = False,
-                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None) -> jax.Array:
-    """Per-class scores (B, H, W, C) float32 of preprocessed images ``x`` (B, H, W, 3); argmax = prediction.
+                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None) -> Any:
+    """Per-class scores (B, H, W, C) float32 of preprocessed inputs ``x`` (B, H, W, C_in); argmax = prediction.
 
+    A multi-head model (SIFT Flow) gives ``{head: (B, H, W, C_head)}``, each head treated alike.
     ``params``: a parameter tree or ``{'params': ...}``. One pass: the logits. Test-time augmentation:
     the softmax probabilities averaged over every scale (and its mirror image with ``flip``).
     ``widths`` (B,): each image's true width inside a padded batch (only used to mirror; None mirrors
@@ -89,19 +90,39 @@ def class_scores(model: Any, params: Any, x: jax.Array, *, flip: bool = False,
         return model.apply(variables, x)
     scales = check_scales(scales)
     batch, height, width, _ = x.shape
-    total = jnp.zeros((), jnp.float32)
+    total = None
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         xs = x if size == (height, width) else jax.image.resize(x, (batch, *size, x.shape[3]), "bilinear")
         ws = None if widths is None else jnp.round(widths * (size[1] / width))
         for mirrored in (False, True) if flip else (False,):
-            logits = model.apply(variables, mirror(xs, ws) if mirrored else xs)
-            if mirrored:
-                logits = mirror(logits, ws)
-            if size != (height, width):
-                logits = jax.image.resize(logits, (batch, height, width, logits.shape[3]), "bilinear")
-            total = total + jax.nn.softmax(logits, axis=-1)
-    return total / (len(scales) * (2 if flip else 1))
+            def probabilities(logits: jax.Array) -> jax.Array:
+                if mirrored:
+                    logits = mirror(logits, ws)
+                if size != (height, width):
+                    logits = jax.image.resize(logits, (batch, height, width, logits.shape[3]), "bilinear")
+                return jax.nn.softmax(logits, axis=-1)
+
+            probs = jax.tree.map(probabilities, model.apply(variables, mirror(xs, ws) if mirrored else xs))
+            total = probs if total is None else jax.tree.map(jnp.add, total, probs)
+    return jax.tree.map(lambda t: t / (len(scales) * (2 if flip else 1)), total)
+
+
+def check_rgb_model(model: Any) -> None:
+    """Raises a one-line ValueError unless ``model`` takes an RGB image and has one output (what
+    :class:`Inference` and ``predict.py`` run); SIFT Flow's two heads and NYUD's depth / HHA inputs are
+    evaluated with ``eval.py``."""
+    variant = getattr(model, "variant", None)
+    if variant is None:
+        return
+    from fcn_jax.models.registry import get_variant
+    spec = get_variant(variant)
+    if spec.multi_head:
+        raise ValueError(f"{variant} has {len(spec.heads)} output heads ({', '.join(h.key for h in spec.heads)}); "
+                         f"Inference / predict.py run single-head RGB models only: evaluate it with eval.py")
+    if spec.in_channels != 3:
+        raise ValueError(f"{variant} takes {spec.inputs}, not an RGB image; Inference / predict.py run RGB models "
+                         f"only: evaluate it with eval.py")
 
 
 # ------------------------------------------------------------------------------ sliding windows
@@ -158,6 +179,9 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 class Inference:
     """Segments uint8 RGB images one at a time at full resolution, on the default device.
 
+    Single-head models on RGB input only (ValueError naming the variant otherwise: SIFT Flow's two heads
+    and NYUD's depth / HHA inputs are for ``eval.py``).
+
     ``model``: the linen module (e.g. from :func:`fcn_jax.load_model`); ``variables``: its variables
     (or bare params); ``preprocessing``: the convention the weights expect; ``class_names``: optional,
     for the caller's use; ``flip`` / ``scales``: test-time augmentation. One program is compiled per
@@ -174,6 +198,7 @@ class Inference:
                  colours: Sequence[Sequence[int]] | None = None, tile: int | None = None,
                  overlap: float = 1 / 3, max_side: int | None = None):
         self.tile, self.overlap, self.max_side = check_tiling(tile, overlap, max_side)
+        check_rgb_model(model)
         self.model, self.preprocessing = model, check_convention(preprocessing)
         self.class_names = None if class_names is None else tuple(class_names)
         self.colours = None if colours is None else tuple(tuple(int(v) for v in c) for c in colours)

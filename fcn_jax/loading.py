@@ -169,12 +169,15 @@ def describe_transfer(target: ModelConfig, params: Mapping[str, Any], kept: Sequ
     from fcn_jax.models import upsampler_names
     layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr') -> copied entirely
     for path in traverse_util.flatten_dict(dict(params)):
-        layer = "/".join(path[:2] if path[0] == "backbone" else path[:1])
+        layer = "/".join(path[:2] if path[0].startswith("backbone") else path[:1])
         layers[layer] = layers.get(layer, True) and "/".join(path) not in kept
     copied = [name for name, ok in layers.items() if ok]
-    backbone = [name for name in copied if name.startswith("backbone/")]
-    heads = [name for name in copied if not name.startswith("backbone/")]
-    parts = ([f"backbone ({len(backbone)} layers)"] if backbone else []) + heads
+    backbones: dict[str, int] = {}  # 'backbone' (or a late-fusion stream's 'backbone_color') -> layers copied
+    for name in copied:
+        if name.startswith("backbone"):
+            backbones[name.split("/")[0]] = backbones.get(name.split("/")[0], 0) + 1
+    heads = [name for name in copied if not name.startswith("backbone")]
+    parts = [f"{name} ({n} layers)" for name, n in backbones.items()] + heads
     ups = set(upsampler_names(target.variant))
 
     def how(name: str) -> str:
@@ -187,6 +190,53 @@ def describe_transfer(target: ModelConfig, params: Mapping[str, Any], kept: Sequ
     fresh = [f"{name} ({how(name)})" for name, ok in layers.items() if not ok]
     return (f"copied {len(copied)} of {len(layers)} layers: {', '.join(parts) or 'none'}\n"
             f"re-initialised for {target.variant} with {target.num_classes} classes: {', '.join(fresh) or 'none'}")
+
+
+def stream_sources(target: ModelConfig, init: str) -> dict[str, str]:
+    """``{stream: path}`` of a late-fusion ``--init`` ``'color=PATH,hha=PATH'`` (one single-stream FCN per
+    stream of ``target``'s variant, as the reference's nyud-fcn32s-color-hha/solve.py transplants its colour
+    and HHA nets), or ``{}`` when ``init`` is one path. Raises ValueError naming the streams expected."""
+    from fcn_jax.models import get_variant
+    suffixes = [s.suffix for s in get_variant(target.variant).streams if s.suffix]
+    pairs = [part.partition("=") for part in init.split(",")]
+    if not suffixes or not all(sep and key in suffixes for key, sep, _ in pairs):
+        if suffixes and "=" in init and not os.path.exists(init):
+            raise ValueError(f"--init {init!r}: expected {','.join(f'{s}=PATH' for s in suffixes)} (one FCN per "
+                             f"stream of {target.variant}) or one weights file or directory")
+        return {}
+    found = {key: value for key, _, value in pairs}
+    if sorted(found) != sorted(suffixes) or len(pairs) != len(suffixes):
+        raise ValueError(f"--init {init!r}: {target.variant} needs exactly one source per stream: "
+                         f"{','.join(f'{s}=PATH' for s in suffixes)}")
+    return found
+
+
+def _init_streams(target: ModelConfig, params: Mapping[str, Any], streams: Mapping[str, str], *,
+                  step: str | int, keep: Sequence[str], report: Callable[[str], None] | None
+                  ) -> tuple[dict[str, Any], ModelInfo]:
+    """Late fusion's ``--init``: each stream's backbone and ``score_fr`` from its own single-stream FCN
+    (``backbone`` -> ``backbone_<stream>``, ``score_fr`` -> ``score_fr<stream>``); the shared upsampler keeps
+    ``params``' value (bilinear). Returns (params, the first source's info)."""
+    source: dict[str, Any] = {}
+    infos = []
+    for suffix, path in streams.items():
+        if os.path.isfile(path):  # the stream's own net is the single-input FCN-32s
+            tree, meta = weights.load(path, width=target.width, default_variant="fcn32s",
+                                      default_classes=target.num_classes)
+            info = _info(path, meta, None)
+        else:
+            variables, info = load(path, step=step, width=target.width)
+            tree = variables["params"]
+        infos.append(info)
+        if "backbone" in tree:
+            source[f"backbone_{suffix}"] = tree["backbone"]
+        if "score_fr" in tree:
+            source[f"score_fr{suffix}"] = tree["score_fr"]
+    new, kept = transfer(params, source, keep=keep)
+    if report is not None:
+        report(f"init from {', '.join(f'{k}={v}' for k, v in streams.items())}:\n"
+               + describe_transfer(target, params, kept, keep))
+    return new, infos[0]
 
 
 def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
@@ -204,6 +254,9 @@ def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.P
     source. Returns (params, source info).
     """
     path = os.fspath(path)
+    streams = stream_sources(target, path)
+    if streams:
+        return _init_streams(target, params, streams, step=step, keep=keep, report=report)
     if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
         source, meta = weights.load(path, width=target.width, default_variant=target.variant,
                                     default_classes=target.num_classes)

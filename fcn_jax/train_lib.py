@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax import parallel
 from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, to_dict
-from fcn_jax.models import initial_variables, upsampler_names
+from fcn_jax.models import final_upsampler_names, initial_variables, upsampler_names
+from fcn_jax.preprocess import Target, convention_family, display_image, head_targets, resolve_inputs
 from fcn_jax.runlog import RunLog
 
 
@@ -74,7 +75,7 @@ def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
     Raises ValueError when a regular expression matches no parameter.
     """
     ups = upsampler_names(model.variant)
-    fixed = {"none": (), "final": ups[-1:], "all": ups}[model.freeze_upsamplers]
+    fixed = {"none": (), "final": final_upsampler_names(model.variant), "all": ups}[model.freeze_upsamplers]
     paths = ["/".join(getattr(k, "key", str(k)) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     for flag, pattern in (("trainable", trainable), ("frozen", frozen)):
         if pattern is not None and not any(re.fullmatch(pattern, p) for p in paths):
@@ -176,62 +177,111 @@ def resolve_class_weights(cfg: TrainConfig, counts: Callable[[], np.ndarray]) ->
     return dataclasses.replace(cfg, class_weights=",".join(f"{w:.6g}" for w in weights))
 
 
+def batch_spec(cfg: TrainConfig) -> tuple[str, tuple[Target, ...]]:
+    """What a batch of ``cfg`` holds: the example fields forming the input (``cfg.inputs`` or the variant's
+    default, :func:`fcn_jax.preprocess.resolve_inputs`) and every head's target (batch key, example field,
+    classes; :func:`fcn_jax.preprocess.head_targets`)."""
+    return (resolve_inputs(cfg.inputs, cfg.model.variant),
+            head_targets(cfg.model.variant, cfg.model.num_classes))
+
+
+def loss_scales(labels: dict[str, jax.Array], targets: tuple[Target, ...], cfg: TrainConfig,
+                batch_size: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(scale, labelled-pixel count) of each head's summed loss, by batch key: 'sum' 1 / B, 'mean' 1 / the
+    head's labelled pixels (their total class weight under ``class_weights``, first head only).
+
+    ``labels``: {batch key: (B, H, W) int}, values outside 0..classes-1 (255) unlabelled.
+    """
+    weights = class_weight_array(cfg)
+    scales, counts = {}, {}
+    for i, t in enumerate(targets):
+        y, w = labels[t.batch_key], weights if i == 0 else None
+        valid = (y >= 0) & (y < t.num_classes)
+        count = counts[t.batch_key] = jnp.sum(valid).astype(jnp.float32)
+        total_weight = count if w is None else jnp.sum(jnp.where(valid, w[jnp.where(valid, y, 0)], 0.0))
+        # 'sum': Caffe's SoftmaxWithLoss with normalize: false divides the summed loss by the batch size N,
+        # and iter_size divides the accumulated gradient by iter_size: the sum over the whole batch / B.
+        # 'mean': divided by the labelled pixels' total weight (their count when unweighted), as PyTorch's
+        # weighted cross-entropy with reduction='mean'.
+        scales[t.batch_key] = 1.0 / batch_size if cfg.loss == "sum" else 1.0 / jnp.maximum(total_weight, 1e-12)
+    return scales, counts
+
+
+def head_losses(outputs: jax.Array | dict[str, jax.Array], labels: dict[str, jax.Array], targets: tuple[Target, ...],
+                class_weights: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Each head's softmax cross-entropy summed over its labelled pixels (:func:`pixel_cross_entropy`), by
+    batch key. ``outputs``: logits (N, H, W, C) of a single head, or {head: logits}; ``class_weights``
+    weigh the first head only."""
+    single = len(targets) == 1
+    return {t.batch_key: pixel_cross_entropy(outputs if single else outputs[t.head], labels[t.batch_key],
+                                             class_weights if i == 0 else None)[0] for i, t in enumerate(targets)}
+
+
+def total_loss(totals: dict[str, jax.Array], scales: dict[str, jax.Array], targets: tuple[Target, ...]) -> jax.Array:
+    """The loss: each head's summed loss times its scale (:func:`loss_scales`), summed over heads (Caffe's
+    loss layers of weight 1 each)."""
+    return functools.reduce(jnp.add, [totals[t.batch_key] * scales[t.batch_key] for t in targets])
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConfig) -> tuple[TrainState, dict]:
-    """One optimiser step on a global batch {'image': (B,H,W,3) float, 'label': (B,H,W) int}.
+    """One optimiser step on a global batch {'image': (B,H,W,C) float, 'label': (B,H,W) int, and for a
+    multi-head variant each other head's labels, e.g. 'label_geo' (B,H,W) int}.
 
     The batch is split into ``cfg.grad_accum`` micro-batches whose gradients are summed; the loss is
     the sum over labelled pixels divided by the batch size B ('sum', Caffe's ``normalize: false``; with
     accumulation it is Caffe's ``iter_size`` average) or by the batch's labelled-pixel count ('mean'),
     so accumulation and data parallelism give exactly the full-batch gradient. With ``class_weights``
     each pixel's loss is multiplied by its class's weight and 'mean' divides by the weights' sum.
-    Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+    A multi-head variant (SIFT Flow) sums its heads' losses, each against its own labels and normalised
+    as above by its own pixels (Caffe: one SoftmaxWithLoss per head, loss weight 1 each); class weights
+    apply to the first head only. Dropout keys derive from (seed, step), so a resumed run draws the same
+    masks.
     """
-    images, labels = batch["image"], batch["label"]
+    images = batch["image"]
+    _, targets = batch_spec(cfg)
+    labels = {t.batch_key: batch[t.batch_key] for t in targets}
     accum = cfg.grad_accum
-    num_classes = cfg.model.num_classes
-    valid = (labels >= 0) & (labels < num_classes)
-    count = jnp.sum(valid).astype(jnp.float32)
     weights = class_weight_array(cfg)
-    total_weight = count if weights is None else jnp.sum(jnp.where(valid, weights[jnp.where(valid, labels, 0)], 0.0))
-    # 'sum': Caffe's SoftmaxWithLoss with normalize: false divides the summed loss by the batch size N,
-    # and iter_size divides the accumulated gradient by iter_size: the sum over the whole batch / B.
-    # 'mean': divided by the labelled pixels' total weight (their count when unweighted), as PyTorch's
-    # weighted cross-entropy with reduction='mean'.
-    scale = 1.0 / images.shape[0] if cfg.loss == "sum" else 1.0 / jnp.maximum(total_weight, 1e-12)
+    scales, counts = loss_scales(labels, targets, cfg, images.shape[0])
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
     fixed = jax.tree.map(lambda label: label == "frozen", param_labels(state.params, cfg.model, cfg.trainable,
                                                                        cfg.frozen))
 
-    def loss_fn(params: Any, x: jax.Array, y: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def loss_fn(params: Any, x: jax.Array, ys: dict[str, jax.Array],
+                k: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         # frozen parameters get no gradient at all, so XLA drops their backward pass
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, fixed)
-        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
-        total, _ = pixel_cross_entropy(logits, y, weights)
-        return total * scale, total
+        out = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
+        totals = head_losses(out, ys, targets, weights)
+        return total_loss(totals, scales, targets), totals
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if accum == 1:
-        grads, total = grad_fn(state.params, images, labels, key)
+        grads, totals = grad_fn(state.params, images, labels, key)
     else:
         # (B, ...) -> (B/accum, accum, ...): micro-batch i takes rows i, i+accum, ..., which keeps each
         # device's rows on that device when the batch axis is sharded.
         split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])  # noqa: E731
-        xs, ys = split(images), split(labels)
+        xs, ys = split(images), {k: split(v) for k, v in labels.items()}
 
-        def body(i: jax.Array, carry: tuple[Any, jax.Array]) -> tuple[Any, jax.Array]:
+        def body(i: jax.Array, carry: tuple[Any, dict[str, jax.Array]]) -> tuple[Any, dict[str, jax.Array]]:
             g_acc, t_acc = carry
-            g, t = grad_fn(state.params, xs[:, i], ys[:, i], jax.random.fold_in(key, i))
-            return jax.tree.map(jnp.add, g_acc, g), t_acc + t
+            g, t = grad_fn(state.params, xs[:, i], {k: v[:, i] for k, v in ys.items()}, jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, t_acc, t)
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, total = jax.lax.fori_loop(0, accum, body, (zeros, jnp.zeros((), jnp.float32)))
+        grads, totals = jax.lax.fori_loop(0, accum, body, (zeros, {k: jnp.zeros((), jnp.float32) for k in labels}))
     updated = state.apply_gradients(grads=grads)
     # A step whose loss, gradients or updated parameters are not all finite is not applied: the state
     # stays as it was (so it can never be saved), and the loop stops at that step (``finite`` False).
-    finite = jnp.isfinite(total) & all_finite(grads) & all_finite(updated.params)
+    loss = total_loss(totals, scales, targets)
+    finite = jnp.isfinite(functools.reduce(jnp.add, list(totals.values()))) & all_finite(grads) \
+        & all_finite(updated.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    metrics = {"loss": total * scale, "grad_norm": global_norm(grads), "labelled_pixels": count,
+    metrics = {"loss": loss, "grad_norm": global_norm(grads), "labelled_pixels": counts[targets[0].batch_key],
                "lr": make_schedule(cfg)(state.step), "finite": finite}
+    if len(targets) > 1:
+        metrics.update({f"loss/{t.head}": totals[t.batch_key] * scales[t.batch_key] for t in targets})
     return new_state, metrics
 
 
@@ -331,8 +381,12 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], No
     """The summary of a run that already reached ``cfg.steps``: its last validation scores, from its log."""
     from fcn_jax.summary import read_metrics
     path = os.path.join(workdir, "metrics.jsonl")
-    records = [r for r in read_metrics(path) if "val/mean_iu" in r] if os.path.exists(path) else []
+    first = batch_spec(cfg)[1][0].head  # a multi-head run logs 'val/<head>/mean_iu' per head
+    prefix = f"val/{first}/" if first else "val/"
+    records = [r for r in read_metrics(path) if f"{prefix}mean_iu" in r] if os.path.exists(path) else []
     scores = {k[len("val/"):]: v for k, v in records[-1].items() if k.startswith("val/")} if records else {}
+    if records and first:  # the first head's scores under the plain names too, as a validation returns them
+        scores.update({k[len(prefix):]: v for k, v in records[-1].items() if k.startswith(prefix)})
     last = (f"; last validation (step {records[-1]['step']}): mean IU {100 * scores['mean_iu']:.2f}%"
             if records else "")
     log(f"{workdir} is already trained to step {step} (--steps {cfg.steps}){last}; raise --steps to train longer")
@@ -379,20 +433,20 @@ class _PanelCollector:
     """``on_batch`` callback of :func:`fcn_jax.evaluate.evaluate` keeping image | truth | prediction panels
     ((H, W, 3) uint8) of the first ``limit`` validation images."""
 
-    def __init__(self, limit: int, convention: str, ds_meta: Any, title: str):
+    def __init__(self, limit: int, convention: str, ds_meta: Any, title: str, inputs: str = "image"):
         self.limit, self.convention, self.ds_meta, self.title = limit, convention, ds_meta, title
+        self.inputs = inputs
         self.panels: list[np.ndarray] = []
 
     def __call__(self, batch: Any, preds: np.ndarray) -> bool:
         from fcn_jax.evaluate import local_rows
-        from fcn_jax.preprocess import deprocess
         from fcn_jax.viz import panel
         images, labels = local_rows(batch.image), local_rows(batch.label)
         for row, index in enumerate(np.asarray(batch.indices)):
             if index < 0 or len(self.panels) >= self.limit:
                 continue
             h, w = (int(v) for v in np.asarray(batch.sizes)[row])
-            picture = panel(deprocess(images[row, :h, :w], self.convention), labels[row, :h, :w],
+            picture = panel(display_image(images[row, :h, :w], self.convention, self.inputs), labels[row, :h, :w],
                             preds[row, :h, :w], self.ds_meta.class_names, self.ds_meta.colours,
                             f"{self.title}, validation image {int(index)}")
             self.panels.append(np.asarray(picture.convert("RGB")))
@@ -443,16 +497,43 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
 
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
+    inputs, targets = batch_spec(cfg)
     train_input = pipeline.TrainInput(
         mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
         flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
-        seed=cfg.seed)
+        seed=cfg.seed, inputs=inputs, labels=tuple((t.batch_key, t.field) for t in targets))
     lead = jax.process_index() == 0
     log = RunLog(log if lead else (lambda _: None))  # only process 0 reports; train.log once the workdir exists
     try:
         return _train(cfg, workdir, mesh, train_input, progress, lead, log)
     finally:
         log.close()
+
+
+def validation_record(result: Any, targets: tuple[Target, ...],
+                      class_names: dict[str, tuple[str, ...]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics.jsonl record, scores) of a validation :class:`fcn_jax.evaluate.EvalResult`.
+
+    One head: 'val/pixel_acc', 'val/mean_acc', 'val/mean_iu', 'val/fw_iu' and 'val/iu/<class>' (finite IUs).
+    Several (SIFT Flow): per head 'val/<head>/<score>' (the four, and 'mean_iu_present': the mean IU over the
+    classes in the ground truth, see :mod:`fcn_jax.metrics`) and 'val/iu/<head>/<class>'. ``scores``: the
+    first head's four scores (what picks the best checkpoint), plus '<head>/<score>' for every head.
+    """
+    keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+    first = result.heads[targets[0].head].scores
+    scores = {k: float(first[k]) for k in keys}
+    if len(targets) == 1:
+        per_class = {f"val/iu/{name}": float(v) for name, v in zip(class_names[targets[0].head], first["iu"])
+                     if math.isfinite(float(v))}
+        return {**{f"val/{k}": v for k, v in scores.items()}, **per_class}, scores
+    record: dict[str, float] = {}
+    for t in targets:
+        head = result.heads[t.head].scores
+        for k in (*keys, "mean_iu_present"):
+            record[f"val/{t.head}/{k}"] = scores[f"{t.head}/{k}"] = float(head[k])
+        record.update({f"val/iu/{t.head}/{name}": float(v) for name, v in zip(class_names[t.head], head["iu"])
+                       if math.isfinite(float(v))})
+    return record, scores
 
 
 def _percent(scores: dict[str, float]) -> str:
@@ -468,7 +549,7 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
 
     from fcn_jax import data as data_lib
     from fcn_jax.data import pipeline
-    from fcn_jax.evaluate import evaluate
+    from fcn_jax.evaluate import evaluate, head_class_names
     from fcn_jax.summary import SummaryWriter
     from fcn_jax.viz import plot_learning_curves
 
@@ -488,7 +569,9 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
     if fresh:  # validated (e.g. --init read) before anything is created in the workdir
         params, convention = initial_params(cfg, model, report=log)
-        if cfg.preprocessing != (convention or cfg.preprocessing):
+        # the caffe* conventions differ only in the mean subtracted: the reference starts SIFT Flow and NYUD
+        # (their own means) from the VGG16 of the ImageNet mean
+        if convention is not None and convention_family(convention) != convention_family(cfg.preprocessing):
             raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
                                 f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
     checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
@@ -519,6 +602,16 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
 
     train_source = data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir, **options)
     eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir, **options)
+    inputs, targets = batch_spec(cfg)
+    labels = tuple((t.batch_key, t.field) for t in targets)
+    for split, source in ((ds_meta.train_split, train_source), (ds_meta.eval_split, eval_source)):
+        if len(source):  # the fields the variant needs, before anything compiles
+            try:
+                pipeline.read_fields(source[0], inputs, labels)
+            except ValueError as e:
+                raise TrainingError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
+                                    f"{e}") from None
+    names = head_class_names(targets, ds_meta.class_names)
     eval_sizes = None  # exact-size validation plans its batches from every image's size, read once
     step_fn = make_train_step(cfg, mesh)
     writer = SummaryWriter(workdir, enabled=lead)
@@ -531,17 +624,22 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
             eval_sizes = pipeline.example_sizes(eval_source)
         batches = pipeline.eval_batches(eval_source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
                                         bucket_multiple=cfg.eval_bucket_multiple, sizes=eval_sizes,
-                                        sharding=parallel.data_sharding(mesh))
-        pictures = _PanelCollector(PANELS, cfg.preprocessing, ds_meta, f"{cfg.model.variant} step {step}")
+                                        sharding=parallel.data_sharding(mesh), inputs=inputs, labels=labels)
+        pictures = _PanelCollector(PANELS, cfg.preprocessing, ds_meta, f"{cfg.model.variant} step {step}", inputs)
         result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False,
                           on_batch=pictures if lead else None)
         writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
-        scores = {k: float(result.scores[k]) for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
-        per_class = {f"val/iu/{name}": float(v) for name, v in zip(ds_meta.class_names, result.scores["iu"])
-                     if math.isfinite(float(v))}
-        writer.write(step, {**{f"val/{k}": v for k, v in scores.items()}, **per_class})
+        record, scores = validation_record(result, targets, names)
+        writer.write(step, record)
         best = checkpoints.save_best(step, state.params, meta, scores)
-        log(f"step {step}: validation {_percent(scores)}" + (" (new best)" if best else ""))
+        if len(targets) == 1:
+            text = _percent(scores)
+        else:
+            text = "; ".join(f"{t.head}: " + _percent({k: scores[f"{t.head}/{k}"] for k in
+                                                       ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")})
+                             + f", mean IU of classes in ground truth {100 * scores[f'{t.head}/mean_iu_present']:.2f}%"
+                             for t in targets)
+        log(f"step {step}: validation {text}" + (" (new best)" if best else ""))
         return scores
 
     def save(step: int) -> None:
@@ -574,9 +672,11 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                     rate = window_images / max(elapsed, 1e-9)
                     loss = float(np.mean([float(m["loss"]) for _, m in fetched]))
                     bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{rate:.1f}")
+                    heads = {f"train/{k}": float(np.mean([float(m[k]) for _, m in fetched]))
+                             for k in fetched[-1][1] if k.startswith("loss/")}  # multi-head: 'train/loss/sem', ...
                     writer.write(step, {"train/loss": loss, "train/images_per_s": rate,
                                         "train/lr": float(fetched[-1][1]["lr"]),
-                                        "train/grad_norm": float(fetched[-1][1]["grad_norm"])})
+                                        "train/grad_norm": float(fetched[-1][1]["grad_norm"]), **heads})
                     window_start, window_images = time.perf_counter(), 0
                 if save_now:
                     save(step)

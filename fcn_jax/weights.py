@@ -29,6 +29,8 @@ backbone; the heads keep the model's own initialisation (score layers zero, upsa
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import logging
 import os
 import re
@@ -41,7 +43,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcn_jax.config import ModelConfig, to_dict
-from fcn_jax.models import INIT_SHAPE, VARIANTS, VGG16_BLOCKS, check_variant, get_variant, upsampler_names
+from fcn_jax.models import VARIANTS, VGG16_BLOCKS, VariantSpec, check_variant, get_variant, input_shape
 from fcn_jax.preprocess import CAFFE, TORCHVISION, check_convention
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,11 @@ log = logging.getLogger(__name__)
 FCN_FORMAT = "fcn"
 VGG16_TORCH = "vgg16-torch"
 VGG16_KERAS = "vgg16-keras"
-FORMATS = (FCN_FORMAT, VGG16_TORCH, VGG16_KERAS)
+BACKBONE_FORMAT = "imagenet-backbone"  # a backbone's own parameter paths ('backbone/conv1/kernel'), HWIO
+FORMATS = (FCN_FORMAT, VGG16_TORCH, VGG16_KERAS, BACKBONE_FORMAT)
+# ImageNet .caffemodels of the other backbones: a layer only that net has -> the backbone whose module
+# (fcn_jax.models.backbones.<name>) converts its blobs with ``caffe_imagenet_params``.
+IMAGENET_CAFFE_SIGNATURES = (("conv1/7x7_s2", "googlenet"), ("conv1", "alexnet"))
 
 TORCH_SUFFIXES = (".pth", ".pt")
 NPZ_SUFFIXES = (".npz",)
@@ -113,10 +119,18 @@ class Entry:
     transform: Transform
 
 
-def _fcn_table(param_shapes: Mapping[Path, tuple[int, ...]]) -> list[Entry]:
-    """pytorch-fcn: the model's layer names are pytorch-fcn's, so every parameter ``.../layer/kernel|bias``
-    is ``layer.weight|bias``; kernels (conv and transposed conv alike) are PyTorch (dim0, dim1, kh, kw)."""
-    return [Entry(f"{path[-2]}.{'weight' if path[-1] == 'kernel' else 'bias'}", path,
+def source_layer(path: Path, spec: VariantSpec) -> str:
+    """The reference's (Caffe's, pytorch-fcn's) name of the layer holding parameter ``path``: the model's
+    layer name, renamed where the spec says (NYUD's ``conv1_1_bgrd``), with a late-fusion stream's suffix
+    (``backbone_color/conv1_1`` -> ``conv1_1color``; head layers carry theirs already)."""
+    layer = dict(spec.caffe_names).get(path[-2], path[-2])
+    return layer + path[0][len("backbone_"):] if path[0].startswith("backbone_") else layer
+
+
+def _fcn_table(param_shapes: Mapping[Path, tuple[int, ...]], spec: VariantSpec) -> list[Entry]:
+    """pytorch-fcn and the reference's Caffe nets: every parameter ``.../layer/kernel|bias`` is
+    ``<source_layer>.weight|bias``; kernels (conv and transposed conv alike) are (dim0, dim1, kh, kw)."""
+    return [Entry(f"{source_layer(path, spec)}.{'weight' if path[-1] == 'kernel' else 'bias'}", path,
                   TORCH_CONV if len(shape) == 4 else AS_IS)
             for path, shape in param_shapes.items()]
 
@@ -148,15 +162,17 @@ def _vgg16_keras_table() -> list[Entry]:
 
 # Keys a format carries that the model does not use (the 1000-way ImageNet classifier).
 IGNORED = {FCN_FORMAT: (), VGG16_TORCH: ("classifier.6.weight", "classifier.6.bias"),
-           VGG16_KERAS: ("predictions/kernel", "predictions/bias")}
+           VGG16_KERAS: ("predictions/kernel", "predictions/bias"), BACKBONE_FORMAT: ()}
 # A key that only a file of that format has, checked in this order.
 SIGNATURES = ((VGG16_TORCH, "features.0.weight"), (VGG16_KERAS, "block1_conv1/kernel"),
               (FCN_FORMAT, "conv1_1.weight"))
 
 
-def _table(fmt: str, param_shapes: Mapping[Path, tuple[int, ...]]) -> list[Entry]:
+def _table(fmt: str, param_shapes: Mapping[Path, tuple[int, ...]], spec: VariantSpec) -> list[Entry]:
     if fmt == FCN_FORMAT:
-        return _fcn_table(param_shapes)
+        return _fcn_table(param_shapes, spec)
+    if fmt == BACKBONE_FORMAT:
+        return [Entry("/".join(path), path, AS_IS) for path in param_shapes if path[0] == "backbone"]
     return _vgg16_torch_table() if fmt == VGG16_TORCH else _vgg16_keras_table()
 
 
@@ -164,7 +180,7 @@ def param_shapes(variant: str, num_classes: int, width: float = 1.0) -> dict[Pat
     """Shapes of the model's parameters by path (``('backbone', 'fc6', 'kernel')`` ...), without
     computing anything (``jax.eval_shape`` of the init)."""
     model = _config(variant, num_classes, width).build()
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(INIT_SHAPE, jnp.float32))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(input_shape(variant), jnp.float32))
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes["params"]).items()}
 
 
@@ -279,7 +295,7 @@ def _atonce_scales(layers: Mapping[str, Any], path: str) -> bool:
     return True
 
 
-def _caffemodel(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _caffemodel(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A ``.caffemodel``: the FCN's layers as pytorch-fcn keys (``{layer}.weight`` / ``.bias``: Caffe and
     PyTorch share the conv and transposed-conv layouts), or a headless VGG16 as torchvision keys (fc6 / fc7
     InnerProduct (out, C*7*7) in C,H,W order; convolutionalised (out, C, 7, 7) ones are flattened back). The
@@ -292,11 +308,20 @@ def _caffemodel(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise WeightsError(str(e)) from None
     layers = {layer.name: layer for layer in net.layers if layer.blobs}
     title = f"Caffe model {net.name!r}" if net.name else "Caffe model"
-    if "conv1_1" not in layers:
-        found = ", ".join(f"{n} ({layer.type})" for n, layer in list(layers.items())[:8]) or "none"
-        raise WeightsError(f"{path}: {title} is neither VGG16 nor an FCN on VGG16 (no layer conv1_1); layers "
-                           f"with weights: {found}")
     tensors, meta = {}, {}
+    if not any(name.startswith(("score", "upscore")) for name in layers) and "conv1_1" not in layers:
+        for signature, backbone in IMAGENET_CAFFE_SIGNATURES:  # AlexNet / CaffeNet, GoogLeNet on ImageNet
+            if signature in layers:
+                module = importlib.import_module(f"fcn_jax.models.backbones.{backbone}")
+                try:
+                    params = module.caffe_imagenet_params({n: layer.blobs for n, layer in layers.items()},
+                                                          width=width)
+                except ValueError as e:
+                    raise WeightsError(f"{path}: {title}: {e}") from None
+                return {"/".join(p): v for p, v in params.items()}, {"backbone": backbone}
+        found = ", ".join(f"{n} ({layer.type})" for n, layer in list(layers.items())[:8]) or "none"
+        raise WeightsError(f"{path}: {title} is not an FCN (no score or upscore layer) nor an ImageNet VGG16 "
+                           f"(conv1_1), AlexNet (conv1) or GoogLeNet (conv1/7x7_s2); layers with weights: {found}")
     if any(name.startswith(("score", "upscore")) for name in layers):  # an FCN head: pytorch-fcn keys
         atonce = _atonce_scales(layers, path)
         for name, layer in layers.items():
@@ -315,16 +340,17 @@ def _caffemodel(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, meta
 
 
-def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_tensors(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every array of a weights file by its source key, in the source's layout, plus the file's metadata
-    (``{'preprocessing': ...}`` if it records one; a .caffemodel FCN-8s: ``variant``, ``variant_from``).
-    Raises :class:`WeightsError` if unreadable."""
+    (``{'preprocessing': ...}`` if it records one; a .caffemodel FCN-8s: ``variant``, ``variant_from``; an
+    ImageNet AlexNet or GoogLeNet .caffemodel: ``backbone``, its arrays already the backbone's parameters at
+    channel multiplier ``width``). Raises :class:`WeightsError` if unreadable."""
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such file")
     suffix = os.path.splitext(path)[1].lower()
     readers = {**dict.fromkeys(TORCH_SUFFIXES, _torch_state_dict), **dict.fromkeys(NPZ_SUFFIXES, _npz),
                **dict.fromkeys(SAFETENSORS_SUFFIXES, _safetensors), **dict.fromkeys(H5_SUFFIXES, _keras_h5),
-               **dict.fromkeys(CAFFE_SUFFIXES, _caffemodel)}
+               **dict.fromkeys(CAFFE_SUFFIXES, functools.partial(_caffemodel, width=width))}
     if suffix not in readers:
         raise WeightsError(f"{path}: unknown weights file extension {suffix or '(none)'!r}; expected one of "
                            f"{', '.join(SUFFIXES)} or an fcn-jax checkpoint directory")
@@ -340,9 +366,13 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def detect_format(keys: Any, path: str = "weights") -> str:
     """The format (``'fcn'``, ``'vgg16-torch'`` or ``'vgg16-keras'``) whose key names ``keys`` has."""
     keys = set(keys)
+    if keys and all(key.startswith("backbone/") for key in keys):
+        return BACKBONE_FORMAT
     for fmt, signature in SIGNATURES:
         if signature in keys:
             return fmt
+    if any(key.startswith("score_fr") for key in keys):  # an FCN on another backbone or input
+        return FCN_FORMAT
     found = ", ".join(sorted(keys)[:6]) or "no arrays"
     raise WeightsError(f"{path}: unrecognised weights: expected pytorch-fcn keys (conv1_1.weight, ...), "
                        f"torchvision VGG16 keys (features.0.weight, ...) or Keras VGG16 layers "
@@ -351,16 +381,39 @@ def detect_format(keys: Any, path: str = "weights") -> str:
 
 # ------------------------------------------------------------------------------------------- conversion
 
+def _head_layers(spec: VariantSpec) -> frozenset[str]:
+    """The names of a variant's score layers and upsamplers (every head, every stream)."""
+    names = {f"score_fr{stream.suffix}{head.suffix}" for stream in spec.streams for head in spec.heads}
+    names |= {f"score_{skip}{head.suffix}" for skip in spec.skips for head in spec.heads}
+    return frozenset(names | {u.name + head.suffix for u in spec.upsamplers for head in spec.heads})
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_keys(variant: str) -> frozenset[str]:
+    """Every ``fcn``-format key of a variant (the class count and width do not change the names)."""
+    return frozenset(e.key for e in _fcn_table(param_shapes(variant, 2, 1 / 16), get_variant(variant)))
+
+
 def _fcn_variant_of(keys: set[str], path: str) -> str | None:
-    """The variant a pytorch-fcn file is for, by its final upsampler; fcn8s and fcn8s-atonce have the same
-    keys and are told apart by the file name (``*atonce*``)."""
-    final = {f"{upsampler_names(v)[-1]}.weight": v for v in VARIANTS if v != "fcn8s-atonce"}
-    found = [v for key, v in final.items() if key in keys]
+    """The variant an FCN file is for: the one whose layer names the file has, exactly (the head layers
+    first, then, among variants with the same head, every key: backbone and input differ). fcn8s and
+    fcn8s-atonce have the same keys and are told apart by the file name (``*atonce*``)."""
+    heads = {key.rsplit(".", 1)[0] for key in keys if key.startswith(("score", "upscore"))}
+    found = [v for v in VARIANTS if v != "fcn8s-atonce" and _head_layers(get_variant(v)) == heads]
+    if len(found) > 1:
+        found = [v for v in found if _variant_keys(v) == set(keys)]
     if len(found) != 1:
         return None
     if found[0] == "fcn8s" and "atonce" in os.path.basename(path).lower():
         return "fcn8s-atonce"
     return found[0]
+
+
+def first_score_key(variant: str) -> str:
+    """The ``fcn``-format key of the first head's (first stream's) ``score_fr`` weight: its rows are the
+    classes."""
+    spec = get_variant(variant)
+    return f"score_fr{spec.streams[0].suffix}{spec.heads[0].suffix}.weight"
 
 
 def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str]) -> tuple[str, str]:
@@ -393,10 +446,28 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _init_subset(model: Any, paths: list[Path]) -> dict[Path, np.ndarray]:
     """The model's own initial values of ``paths`` only (jit drops the forward pass and the rest)."""
     def init(rng: jax.Array) -> dict[str, jax.Array]:
-        flat = traverse_util.flatten_dict(model.init(rng, jnp.zeros(INIT_SHAPE, jnp.float32))["params"])
+        flat = traverse_util.flatten_dict(model.init(rng, jnp.zeros(input_shape(model.variant), jnp.float32))["params"])
         return {"/".join(p): flat[p] for p in paths}
     values = jax.jit(init)(jax.random.key(0))
     return {p: np.asarray(values["/".join(p)]) for p in paths}
+
+
+def _adapted_backbone(tensors: Mapping[str, Any], fmt: str, spec: VariantSpec, variant: str, num_classes: int,
+                      width: float, path: str) -> dict[Path, np.ndarray]:
+    """A VGG16 file for a variant whose input differs from its RGB VGG16: every stream's backbone is the
+    file's VGG16 (late fusion), and an early-fusion conv1_1 reads the extra channel with the mean of the RGB
+    filters over their input channels, as the reference's nyud-fcn32s-color-d/solve.py does."""
+    base = traverse_util.flatten_dict(params_from_tensors(tensors, fmt, "fcn32s", num_classes, width, path))
+    out = {}
+    for target, shape in param_shapes(variant, num_classes, width).items():
+        if not target[0].startswith("backbone"):
+            continue
+        value = base[("backbone",) + target[1:]]
+        if value.shape != shape:  # conv1_1 (3, 3, 3, C) -> (3, 3, 3 + k, C)
+            extra = np.repeat(value.mean(axis=2, keepdims=True), shape[2] - value.shape[2], axis=2)
+            value = np.concatenate([value, extra], axis=2)
+        out[target] = value
+    return out
 
 
 def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_classes: int,
@@ -404,12 +475,19 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
     """Source arrays (keys and layouts of ``fmt``) -> the model's params tree (HWIO kernels, float32 NumPy).
 
     Every key the format needs must be present with the shape the model needs; keys the model does not
-    use are an error (except the ImageNet classifier of VGG16 files). Layers a VGG16 file lacks (score
-    layers, upsamplers) take the model's initial values.
+    use are an error (except the ImageNet classifier of VGG16 files). Layers a VGG16 or ImageNet backbone
+    file lacks (score layers, upsamplers) take the model's initial values; a VGG16 file fills every stream
+    of a late-fusion variant and the extra input channels of an early-fusion one (see
+    :func:`_adapted_backbone`).
     """
     config = _config(variant, num_classes, width)
+    spec = get_variant(variant)
     shapes = param_shapes(variant, num_classes, width)
-    table = _table(fmt, shapes)
+    if fmt in (VGG16_TORCH, VGG16_KERAS) and (spec.in_channels != 3 or len(spec.streams) > 1):
+        flat = _adapted_backbone(tensors, fmt, spec, variant, num_classes, width, path)
+        flat.update(_init_subset(config.build(), [p for p in shapes if p not in flat]))
+        return traverse_util.unflatten_dict(flat)
+    table = _table(fmt, shapes, spec)
     keys, wanted = set(tensors), {e.key for e in table}
     missing = sorted(wanted - keys)
     unexpected = sorted(keys - wanted - set(IGNORED[fmt]))
@@ -466,7 +544,7 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
     except ValueError as e:
         raise WeightsError(str(e)) from None
     path = os.fspath(path)
-    tensors, file_meta = read_tensors(path)
+    tensors, file_meta = read_tensors(path, width)
     fmt = detect_format(tensors, path)
     if fmt == FCN_FORMAT:
         recorded = file_meta.get("variant")  # a .caffemodel's own word on fcn8s vs fcn8s-atonce
@@ -475,20 +553,27 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
                                f"({file_meta.get('variant_from', 'recorded')})")
         found = recorded or _fcn_variant_of(set(tensors), path)
         if variant is None and found is None:
-            raise WeightsError(f"{path}: cannot tell the FCN variant (no single upscore, upscore16 or "
-                               f"upscore8 weight); pass variant=")
+            heads = sorted({key.rsplit(".", 1)[0] for key in tensors if key.startswith(("score", "upscore"))})
+            raise WeightsError(f"{path}: cannot tell the FCN variant: no variant has exactly its layers (score "
+                               f"and upsampling layers: {', '.join(heads) or 'none'}); pass variant=")
         variant = variant or found
-        if "score_fr.weight" in tensors:
-            file_classes = int(tensors["score_fr.weight"].shape[0])
+        score = first_score_key(variant)
+        if score in tensors:
+            file_classes = int(tensors[score].shape[0])
             if num_classes is not None and num_classes != file_classes:
                 raise WeightsError(f"{path}: num_classes {num_classes} requested, but the weights have "
-                                   f"{file_classes} classes (score_fr.weight has shape "
-                                   f"{_shape(tensors['score_fr.weight'].shape)})")
+                                   f"{file_classes} classes ({score} has shape "
+                                   f"{_shape(tensors[score].shape)})")
             num_classes = file_classes
     else:
+        backbone = file_meta.get("backbone", "vgg16")
         variant = variant or default_variant
         if variant is None:
-            raise WeightsError(f"{path}: VGG16 weights hold no FCN head; pass variant= (one of {VARIANTS})")
+            raise WeightsError(f"{path}: ImageNet {backbone} weights hold no FCN head; pass variant= (one of "
+                               f"{', '.join(v for v in VARIANTS if get_variant(v).backbone == backbone)})")
+        if get_variant(variant).backbone != backbone:
+            raise WeightsError(f"{path}: ImageNet {backbone} weights cannot start {variant}, whose backbone is "
+                               f"{get_variant(variant).backbone}")
         num_classes = num_classes or default_classes
     num_classes = VGG16_DEFAULT_CLASSES if num_classes is None else num_classes
     detected, how = _detect_convention(fmt, path, file_meta) if convention is None else (convention, "argument")

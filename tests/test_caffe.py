@@ -318,12 +318,19 @@ def test_blob_size_mismatch_and_other_nets(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.caffemodel", bad)
     with pytest.raises(CaffeModelError, match=r"blob 0 of layer 'conv1_1': 50 values for shape \(2, 3, 3, 3\) at byte"):
         caffe.read_caffemodel(path)
-    alexnet = text(1, "CaffeNet") + b"".join(
+    resnet = text(1, "ResNet-50") + b"".join(
+        ld(100, text(1, name) + text(2, "Convolution") + ld(7, blob(np.zeros((2, 3, 1, 1), np.float32))))
+        for name in ("res2a", "res2b"))
+    path = write(tmp_path / "resnet50.caffemodel", resnet)
+    with pytest.raises(WeightsError, match=r"Caffe model 'ResNet-50' is not an FCN \(no score or upscore layer\) nor "
+                                           r"an ImageNet VGG16 \(conv1_1\), AlexNet \(conv1\) or GoogLeNet "
+                                           r"\(conv1/7x7_s2\); layers with weights: res2a \(Convolution\), res2b"):
+        fcn_jax.load_weights(str(path), "fcn32s")
+    caffenet = text(1, "CaffeNet") + b"".join(  # an AlexNet, but not a whole one: its converter says what is wrong
         ld(100, text(1, name) + text(2, "Convolution") + ld(7, blob(np.zeros((2, 3, 1, 1), np.float32))))
         for name in ("conv1", "conv2"))
-    path = write(tmp_path / "bvlc_reference_caffenet.caffemodel", alexnet)
-    with pytest.raises(WeightsError, match=r"Caffe model 'CaffeNet' is neither VGG16 nor an FCN on VGG16 \(no layer "
-                                           r"conv1_1\); layers with weights: conv1 \(Convolution\), conv2"):
+    path = write(tmp_path / "bvlc_reference_caffenet.caffemodel", caffenet)
+    with pytest.raises(WeightsError, match=r"bvlc_reference_caffenet.caffemodel: Caffe model 'CaffeNet': .*conv1"):
         fcn_jax.load_weights(str(path), "fcn32s")
 
 

@@ -214,7 +214,7 @@ def test_init_shape_initialises_both_paddings():
 
 @pytest.mark.parametrize("name,cls", list(BACKBONES.items()))
 def test_backbone_strides_match_feature_maps(name, cls):
-    assert name == "vgg16" and cls is VGG16 and VGG16.STRIDES == {"pool3": 8, "pool4": 16, "top": 32}
+    assert BACKBONES["vgg16"] is VGG16 and VGG16.STRIDES == {"pool3": 8, "pool4": 16, "top": 32}
     feats, _ = jax.eval_shape(lambda: cls(width=0.125, padding="same").init_with_output(
         jax.random.PRNGKey(0), jnp.zeros((1, 64, 96, 3))))
     assert set(feats) == set(cls.STRIDES)
@@ -230,8 +230,8 @@ def test_registry_upsamplers_follow_backbone_strides(variant):
     stride = strides["top"]
     for up, target in zip(spec.upsamplers, [strides[s] for s in spec.skips] + [1]):
         stride //= up.stride
-        assert stride == target and up.kernel == 2 * up.stride
-    assert upsampler_names(variant) == tuple(u.name for u in spec.upsamplers)
+        assert stride == target and up.kernel in (2 * up.stride, 2 * up.stride - 1)  # AlexNet's is 63
+    assert upsampler_names(variant) == tuple(u.name + h.suffix for h in spec.heads for u in spec.upsamplers)
 
 
 # Caffe's coord_map (fcn.berkeleyvision.org, caffe/python/caffe/coord_map.py): a layer maps bottom coordinates to
@@ -298,8 +298,10 @@ def test_crop_offsets_from_caffe_coord_maps(variant, skips, final):
 
 
 def test_registry_table_and_checks():
-    assert VARIANTS == fcn_jax.models.VARIANTS == ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+    assert fcn_jax.models.VARIANTS[:4] == VARIANTS == ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
     assert PADDINGS == ("reference", "same")
+    for v in fcn_jax.models.VARIANTS:
+        assert check_variant(v) == v and get_variant(v).backbone in BACKBONES and get_variant(v).description
     for v in VARIANTS:
         spec = get_variant(v)
         assert check_variant(v) == v and spec.backbone in BACKBONES and spec.description

@@ -16,7 +16,7 @@ from fcn_jax import benchmark as bench
 from fcn_jax import cli, platform
 from fcn_jax.cli import ArgumentParser
 from fcn_jax.config import DTYPES
-from fcn_jax.models import PADDINGS, VARIANTS
+from fcn_jax.models import PADDINGS, VARIANTS, get_variant
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -31,7 +31,8 @@ def parse_image_size(text: str) -> tuple[int, int]:
 def add_benchmark_flags(parser: argparse.ArgumentParser, *, dtype: bool = True, padding: bool = True) -> None:
     """The flags that define a measurement (shared with ``benchmarks/compare_torch.py``, which picks
     its own dtypes and has only the reference padding)."""
-    parser.add_argument("--variant", default="fcn8s", choices=VARIANTS, help="network variant (default fcn8s)")
+    parser.add_argument("--variant", default="fcn8s", choices=BENCHMARKED, help="network variant (default fcn8s; the "
+                        "single-head RGB variants: synthetic batches are RGB images with one label map)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size per device (default 8)")
     parser.add_argument("--image-size", type=parse_image_size, default=(512, 512), metavar="H[xW]",
                         help="input size, e.g. 512 or 480x640 (default 512)")
@@ -85,6 +86,14 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     add_benchmark_flags(parser)
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH ('-': stdout)")
     return parser
+
+
+def _benchmarked(variant: str) -> bool:
+    spec = get_variant(variant)
+    return spec.in_channels == 3 and not spec.multi_head
+
+
+BENCHMARKED = tuple(v for v in VARIANTS if _benchmarked(v))
 
 
 def check_json_path(path: str | None) -> None:

@@ -3,6 +3,14 @@
 The variant, classes and preprocessing come from the checkpoint; the dataset defaults to the one the
 run trained on, the split to its evaluation split. Prints the score table and writes a JSON record;
 ``--save-predictions`` writes label PNGs and image | truth | prediction panels.
+
+Multi-modal and multi-task variants: the network input is composed from the example fields the run
+trained on (``--inputs``; default: the run's, else the variant's: colour + log depth for
+nyud-fcn32s-color-d, colour + HHA for nyud-fcn32s-color-hha), and a multi-head model (SIFT Flow) is
+scored per head, each with its own table (semantic: also the mean IU over the classes present in the
+ground truth, which the reference's solve.py recommends over score.py's mean IU there). A weights file
+that records no preprocessing (a .caffemodel) is evaluated with the dataset's reference mean
+(``caffe-siftflow`` on sift_flow, ``caffe-nyud`` on nyud, ...) unless ``--preprocessing`` says otherwise.
 """
 from __future__ import annotations
 
@@ -21,9 +29,11 @@ import numpy as np
 
 from fcn_jax import platform
 from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, load_ckpt, user_errors
-from fcn_jax.evaluate import evaluate, local_rows
+from fcn_jax.evaluate import evaluate, head_class_names, local_rows, model_targets
 from fcn_jax.metrics import format_table
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh
+from fcn_jax.preprocess import (CAFFE, CONVENTIONS, INPUTS, convention_family, dataset_convention, display_image,
+                                resolve_inputs)
 
 if TYPE_CHECKING:
     from fcn_jax.data.pipeline import EvalBatch
@@ -51,6 +61,8 @@ class EvalConfig:
     num_pictures: int = 20
     json_path: str | None = None
     progress: bool = True
+    inputs: str | None = None  # None: the run's, else the variant's default
+    preprocessing: str | None = None  # None: the checkpoint's (a weights file without one: the dataset's)
 
 
 EXACT = 0  # --bucket-multiple exact
@@ -103,14 +115,13 @@ class PredictionSaver:
     ``<name>.png`` (predicted labels, VOC palette PNG) and ``<name>_panel.png`` (image | truth | prediction)."""
 
     def __init__(self, out_dir: str, limit: int, class_names: Sequence[str], convention: str,
-                 colours: Sequence[Sequence[int]] | None = None):
+                 colours: Sequence[Sequence[int]] | None = None, inputs: str = "image"):
         os.makedirs(out_dir, exist_ok=True)
         self.out_dir, self.limit, self.class_names, self.convention = out_dir, limit, class_names, convention
-        self.colours = colours
+        self.colours, self.inputs = colours, inputs
         self.saved = 0
 
     def __call__(self, batch: EvalBatch, preds: np.ndarray) -> bool:
-        from fcn_jax.preprocess import deprocess
         from fcn_jax.viz import colorize, panel
         images, labels = local_rows(batch.image), local_rows(batch.label)
         for row, index in enumerate(np.asarray(batch.indices)):
@@ -122,10 +133,30 @@ class PredictionSaver:
             stem = os.path.splitext(os.path.basename(name))[0] or f"{int(index):06d}"
             pred = preds[row, :h, :w]
             colorize(pred, self.colours).save(os.path.join(self.out_dir, f"{stem}.png"))
-            panel(deprocess(images[row, :h, :w], self.convention), labels[row, :h, :w], pred,
+            panel(display_image(images[row, :h, :w], self.convention, self.inputs), labels[row, :h, :w], pred,
                   self.class_names, self.colours).save(os.path.join(self.out_dir, f"{stem}_panel.png"))
             self.saved += 1
         return self.saved < self.limit
+
+
+def eval_convention(model: ModelInfo, dataset: str, requested: str | None) -> tuple[str, str]:
+    """(convention, why): ``requested``; else the checkpoint's; but a weights file that records no
+    convention (a .caffemodel: plain 'caffe' by its format) takes the dataset's reference mean (same family)."""
+    if requested is not None:
+        return requested, "--preprocessing"
+    recorded = model.preprocessing
+    guessed = model.meta.get("format") != "checkpoint" and model.meta.get("preprocessing_from") not in (
+        "file metadata", "argument")
+    reference = dataset_convention(dataset)
+    if guessed and recorded == CAFFE and reference is not None and reference != recorded \
+            and convention_family(reference) == convention_family(recorded):
+        return reference, f"the reference's mean for {dataset.partition('/')[0]}; the weights record none"
+    return recorded, "the checkpoint's"
+
+
+def _head_record(scores: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    return {**{key: _finite(scores[key]) for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "mean_iu_present")},
+            "per_class_iu": {name: _finite(v) for name, v in zip(class_names, scores["iu"])}}
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
@@ -155,6 +186,16 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if ds.num_classes != n:
         raise UsageError(f"--dataset {dataset} has {ds.num_classes} classes but the checkpoint's "
                          f"{model.config.variant} predicts {n}")
+    variant = model.config.variant
+    recorded_inputs = recorded.get("inputs")  # what the network was trained on, whatever the dataset
+    try:
+        inputs = resolve_inputs(config.inputs or (recorded_inputs if isinstance(recorded_inputs, str) else None),
+                                variant)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    convention, convention_from = eval_convention(model, dataset, config.preprocessing)
+    targets = model_targets(model.config.build(), n)
+    labels = tuple((t.batch_key, t.field) for t in targets)
     if tuple(ds.class_names) != model.class_names:
         print(f"warning: the checkpoint's class names differ from {dataset}'s; reporting the checkpoint's",
               file=sys.stderr)
@@ -165,6 +206,12 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         source = data.load_split(dataset, split, data_dir=data_dir, manual_dir=config.manual_dir, **options)
     except (ValueError, KeyError, OSError) as e:
         raise UsageError(f"--dataset {dataset} --split {split}: {e}") from e
+    if len(source):  # the fields the variant needs (the input's, every head's labels), before compiling
+        from fcn_jax.data.pipeline import read_fields
+        try:
+            read_fields(source[0], inputs, labels)
+        except ValueError as e:
+            raise UsageError(f"--dataset {dataset} does not fit {variant}: {e}") from None
     mesh = make_mesh()
     batch_size = config.batch_size or mesh.devices.size
     try:
@@ -177,7 +224,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     if config.save_predictions:
         try:
             saver = PredictionSaver(config.save_predictions, config.num_pictures, model.class_names,
-                                    model.preprocessing, model.colours)
+                                    convention, model.colours, inputs)
         except OSError as e:
             raise UsageError(f"--save-predictions {config.save_predictions}: {e}") from e
 
@@ -193,27 +240,37 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
             distinct = len({tuple(s) for s in sizes.tolist()})
             print(f"exact-size evaluation: {len(sizes)} images in {distinct} distinct sizes "
                   f"(one compiled program each)")
-    batches = eval_batches(source, batch_size=batch_size, convention=model.preprocessing,
-                           bucket_multiple=bucket, sizes=sizes, sharding=data_sharding(mesh))
+    if jax.process_index() == 0 and (convention != model.preprocessing or inputs != "image"):
+        print(f"input: {inputs}, preprocessing {convention} ({convention_from})")
+    batches = eval_batches(source, batch_size=batch_size, convention=convention, bucket_multiple=bucket,
+                           sizes=sizes, sharding=data_sharding(mesh), inputs=inputs, labels=labels)
     result = evaluate(model.config.build(), variables["params"], batches, n, mesh=mesh, flip=config.flip,
                       scales=config.scales, on_batch=saver, progress=config.progress,
                       total=ds.splits[split] if jax.process_count() == 1 else None)
     s = result.scores
+    names = head_class_names(targets, model.class_names)
     record = {
         "checkpoint": os.path.abspath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
-        "commit": platform.git_commit(), "variant": model.config.variant, "num_classes": n,
-        "preprocessing": model.preprocessing, "dtype": model.config.dtype, "num_images": result.num_images,
+        "commit": platform.git_commit(), "variant": variant, "num_classes": n,
+        "preprocessing": convention, "inputs": inputs, "dtype": model.config.dtype, "num_images": result.num_images,
         "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
         "devices": int(mesh.devices.size), "batch_size": batch_size, "bucket_multiple": bucket,
-        **{key: _finite(s[key]) for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")},
-        "per_class_iu": {name: _finite(v) for name, v in zip(model.class_names, s["iu"])},
+        **_head_record(s, model.class_names),  # the (first) head's: SIFT Flow's semantic
         "tta": {"flip": config.flip, "scales": list(config.scales)},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if len(targets) > 1:
+        record["heads"] = {t.head: dict(_head_record(result.heads[t.head].scores, names[t.head]),
+                                        num_classes=t.num_classes, labels=t.field) for t in targets}
     if jax.process_index() == 0:
-        print(f"{model.config.variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
+        print(f"{variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
               f"{result.images_per_s:.1f} images/s ({result.seconds:.1f} s incl. compilation)")
-        print(format_table(s, model.class_names))
+        if len(targets) == 1:
+            print(format_table(s, model.class_names))
+        else:
+            for t in targets:
+                print(f"\n{t.head} head ({t.num_classes} classes, labels '{t.field}'):")
+                print(format_table(result.heads[t.head].scores, names[t.head], present=True))
         try:
             os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
             with open(json_path, "w") as f:
@@ -246,6 +303,11 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
                         "fewer programs, but results differ from the reference (padding changes the activations); "
                         "'exact': each image at its own size, batched only with images of the same size. Default: "
                         "the training run's validation setting on its own dataset, else exact")
+    parser.add_argument("--inputs", choices=INPUTS, help="example fields forming the network input (default: the "
+                        "training run's, else the variant's: image; image+depth for nyud-fcn32s-color-d, image+hha "
+                        "for nyud-fcn32s-color-hha)")
+    parser.add_argument("--preprocessing", choices=CONVENTIONS, help="input convention (default: the checkpoint's; "
+                        "a weights file recording none, e.g. a .caffemodel, takes the dataset's reference mean)")
     parser.add_argument("--save-predictions", metavar="DIR", help="save label PNGs and panels here")
     parser.add_argument("--num-pictures", type=int, default=20, metavar="N",
                         help="with --save-predictions: how many images (default: 20)")

@@ -4,6 +4,10 @@
 - :mod:`fcn_jax.configs.reference`: the Caffe reference solver exactly.
 - :mod:`fcn_jax.configs.modern`: today's segmentation recipe on VOC2012 train_aug.
 - :mod:`fcn_jax.configs.reference_fixed`: FCN-32s-fixed, the reference solver training the score layers only.
+- :mod:`fcn_jax.configs.reference_alexnet`: FCN-AlexNet's reference solver (iter_size 20, normalised loss, momentum 0.9).
+- :mod:`fcn_jax.configs.reference_context`: the PASCAL-Context FCNs' reference solvers (60 classes, 400k steps).
+- :mod:`fcn_jax.configs.reference_siftflow`: the SIFT Flow FCNs' reference solvers (siftflow-fcn32s/16s/8s, two heads).
+- :mod:`fcn_jax.configs.reference_nyud`: the NYUDv2 FCN-32s' reference solvers (colour, HHA, colour-D, colour-HHA).
 
 Copy one (``python -c "import fcn_jax.configs as c; print(c.path('shapes'))"`` prints where it is),
 edit it, and pass the copy to ``train.py --config my_config.py``; ``--config fields.json`` instead
@@ -18,7 +22,8 @@ from typing import Any
 
 from fcn_jax.config import TrainConfig, override
 
-PRESETS = ("shapes", "reference", "modern", "reference_fixed")
+PRESETS = ("shapes", "reference", "modern", "reference_fixed", "reference_alexnet", "reference_context",
+           "reference_siftflow", "reference_nyud")
 
 
 def path(name: str) -> str:

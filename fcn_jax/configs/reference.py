@@ -19,6 +19,9 @@ STEPS = {"fcn32s": 100_000, "fcn16s": 100_000, "fcn8s": 100_000, "fcn8s-atonce":
 
 def get_config(variant: str = "fcn32s") -> TrainConfig:
     check_variant(variant)
+    if variant not in LR:
+        raise ValueError(f"the reference preset is the VOC VGG16 solver of {', '.join(LR)}; for {variant} see "
+                         f"python train.py --help (--preset: reference_alexnet, reference_siftflow, ...)")
     return TrainConfig(
         model=ModelConfig(variant=variant, num_classes=21, width=1.0, padding="reference", dropout_rate=0.5,
                           dtype="float32", freeze_upsamplers="all"),

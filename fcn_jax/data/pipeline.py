@@ -1,9 +1,12 @@
 """Input pipeline: grain over a random-access source, sharded per process, resumable, prefetched.
 
-Batches are NHWC: ``image`` (B, H, W, 3) float32 preprocessed per the weights' convention,
-``label`` (B, H, W) int32 with 255 = void. B is the *global* batch; each process builds its
-B / process_count rows and the rows become one global ``jax.Array`` sharded along the mesh's data
-axis (``jax.make_array_from_process_local_data``).
+Batches are NHWC: ``image`` (B, H, W, C) float32, the network input composed from the example's
+fields (``inputs``, :func:`fcn_jax.preprocess.compose`: C = 3 for the colour ``image`` or ``hha``,
+4 for ``image+depth``, 6 for ``image+hha``) and preprocessed per the weights' convention, ``label``
+(B, H, W) int32 with 255 = void, and one more int32 label map per extra output head (``labels``:
+batch key -> example field, e.g. SIFT Flow's ``label_geo`` from ``geometric``). B is the *global*
+batch; each process builds its B / process_count rows and the rows become one global ``jax.Array``
+sharded along the mesh's data axis (``jax.make_array_from_process_local_data``).
 
 Order (training). ``sampling='epoch'``: the example order is the concatenation of epochs, epoch
 ``e`` being a permutation of the split seeded by (``seed``, ``e``) (grain's ``shuffle`` + ``repeat``).
@@ -24,7 +27,11 @@ padded to a bucket shape (H and W rounded up to ``bucket_multiple``; image padde
 mean colour after preprocessing, label with 255). ``modern``: random scale in ``scale_range``
 (bilinear image, nearest-neighbour label, same sampling grid), random ``crop_size`` square crop
 (padded as above where the scaled image is smaller), random horizontal flip, all applied to image
-and label together.
+and label together, and to every other field the same way: HHA bilinear as the image, labels
+nearest-neighbour, depth nearest-neighbour (raw uint16 millimetres: interpolating across an
+occlusion edge would invent depths that belong to neither surface, and the log is taken after
+resampling, on the device, as for unscaled depth). Padding: every input field 0 (0 after
+preprocessing: the mean), every label 255.
 
 Evaluation: full resolution, no resizing. By default (``bucket_multiple=None``) at exact size, as
 the reference: batches only group images of one (H, W), planned from the sizes of all examples
@@ -34,8 +41,8 @@ with all-void filler rows of the same shape), so the step compiles once per dist
 but padding changes the activations, so results differ from the reference). Each example appears
 exactly once over all processes.
 
-Host work (decoding, resizing, cropping, padding; all uint8) runs in grain's thread pool, where
-zlib, PIL and NumPy release the GIL. Batches cross to the device as uint8 and are preprocessed
+Host work (decoding, resizing, cropping, padding; all uint8, depth uint16) runs in grain's thread
+pool, where zlib, PIL and NumPy release the GIL. Batches cross to the device as uint8 and are preprocessed
 there (one small jitted elementwise program per batch shape), which quarters the transfer and
 takes the float conversion off the host. A background thread does the transfer ``prefetch``
 batches ahead. When
@@ -52,7 +59,7 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -61,13 +68,16 @@ import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 from PIL import Image
 
-from fcn_jax.preprocess import VOID
-from fcn_jax.preprocess import check_convention, preprocess
+from fcn_jax.preprocess import DEPTH, IMAGE, LABEL, SEGMENTATION, VOID, check_convention, check_inputs, compose, \
+    input_fields
 
 MODES = ("reference", "modern")
 SAMPLINGS = ("epoch", "replacement")
 Example = dict[str, Any]
 HostBatch = dict[str, Any]
+Fields = dict[str, np.ndarray]  # one example's arrays: input fields by name, labels by batch key
+LabelMap = tuple[tuple[str, str], ...]  # (batch key, example field) per output head, 'label' first
+DEFAULT_LABELS: LabelMap = ((LABEL, SEGMENTATION),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +90,11 @@ class TrainInput:
     scale_range: tuple[float, float] = (0.5, 2.0)  # modern: uniform random scale
     flip: bool = True  # modern: random horizontal flip
     bucket_multiple: int | None = None  # reference: None = exact size, else pad H, W up to a multiple
-    convention: str = "caffe"  # preprocessing: 'caffe' | 'torchvision'
+    convention: str = "caffe"  # preprocessing: fcn_jax.preprocess.CONVENTIONS
     seed: int = 1337
     sampling: str = "epoch"  # 'epoch' (per-epoch permutations) | 'replacement' (Caffe's random.randint)
+    inputs: str = IMAGE  # the example fields forming the input: 'image' | 'hha' | 'image+depth' | 'image+hha'
+    labels: LabelMap = DEFAULT_LABELS  # (batch key, example field) per output head
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -99,32 +111,88 @@ class TrainInput:
         if not 0 < low <= high:
             raise ValueError(f"TrainInput.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
         check_convention(self.convention)
+        check_inputs(self.inputs)
+        check_labels(self.labels)
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-example transforms (NumPy / PIL on the host, uint8 throughout).
+# Per-example transforms (NumPy / PIL on the host, uint8 throughout; depth uint16).
+
+def check_labels(labels: LabelMap) -> LabelMap:
+    """Returns ``labels`` ((batch key, example field) pairs, the first key 'label', keys 'label...' and
+    distinct) if well formed, else raises ValueError."""
+    keys = [key for key, _ in labels]
+    if (not labels or keys[0] != LABEL or len(set(keys)) != len(keys)
+            or not all(isinstance(f, str) and k.startswith(LABEL) for k, f in labels)):
+        raise ValueError(f"labels must be (batch key, example field) pairs, the first key {LABEL!r}, all keys "
+                         f"starting with {LABEL!r} and distinct; got {labels!r}")
+    return labels
+
+
+def _field(example: Example, name: str, needed_by: str) -> np.ndarray:
+    if name not in example:
+        raise ValueError(f"examples have no {name!r} field (they have {', '.join(map(str, example))}); "
+                         f"{needed_by} needs it")
+    return np.asarray(example[name])
+
+
+def read_fields(example: Example, inputs: str = IMAGE, labels: LabelMap = DEFAULT_LABELS) -> Fields:
+    """The arrays of ``example`` a batch is made of, checked: the input fields ``inputs`` names ('image'
+    (H, W, 3) uint8 RGB, 'hha' (H, W, 3) uint8, 'depth' (H, W) uint16) and each label by its batch key
+    ((H, W) uint8, 255 = void), all of one (H, W). ValueError (one line) for a missing or malformed field."""
+    out: Fields = {}
+    for key, name in labels:
+        out[key] = _field(example, name, f"the labels {key!r}")
+    size = out[LABEL].shape
+    for name in input_fields(inputs):
+        values = _field(example, name, f"inputs {inputs!r}")
+        if name == DEPTH:
+            if values.ndim != 2 or not np.issubdtype(values.dtype, np.unsignedinteger) or values.itemsize > 2:
+                raise ValueError(f"expected an (H, W) uint16 depth, got {values.dtype} {values.shape}")
+            values = values.astype(np.uint16, copy=False)
+        elif values.dtype != np.uint8 or values.ndim != 3 or values.shape[-1] != 3:
+            what = "image" if name == IMAGE else name
+            raise ValueError(f"expected an (H, W, 3) uint8 {what}, got {values.dtype} {values.shape}")
+        if values.shape[:2] != size:
+            raise ValueError(f"label shape {size} does not match {name} shape {values.shape}")
+        out[name] = values
+    for key, _ in labels:
+        if out[key].shape != size:
+            raise ValueError(f"label {key!r} shape {out[key].shape} does not match label shape {size}")
+        out[key] = out[key].astype(np.uint8, copy=False)
+    return out
+
 
 def as_uint8(example: Example) -> tuple[np.ndarray, np.ndarray]:
     """The example's (H, W, 3) uint8 image and (H, W) uint8 label, shapes checked."""
-    image = np.asarray(example["image"])
-    label = np.asarray(example["segmentation"])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    if label.shape != image.shape[:2]:
-        raise ValueError(f"label shape {label.shape} does not match image shape {image.shape}")
-    return image, label.astype(np.uint8, copy=False)
+    fields = read_fields(example)
+    return fields[IMAGE], fields[LABEL]
 
 
-def augment(example: Example, rng: np.random.Generator, cfg: TrainInput) -> tuple[np.ndarray, np.ndarray]:
-    """Random scale, crop and flip: uint8 image (h, w, 3) and label (h, w), h, w <= crop size.
+def _resample_filter(key: str) -> int:
+    """PIL filter of a field under scaling: nearest for labels and depth, bilinear for image-like fields."""
+    return Image.NEAREST if key.startswith(LABEL) or key == DEPTH else Image.BILINEAR
 
-    Scaling and cropping are one resampling of the crop window (PIL ``resize`` with a source
-    ``box``), bilinear for the image and nearest-neighbour for the label on the same grid. The
-    crop is smaller than ``crop_size`` where the scaled image is; batching pads it at the bottom
-    and right (image to the mean colour, label to 255).
+
+def _resample(values: np.ndarray, key: str, size: tuple[int, int], box: tuple[float, ...]) -> np.ndarray:
+    """One field resampled to ``size`` (w, h) from the source ``box``, dtype kept. Depth goes through PIL's
+    32-bit mode: its 16-bit nearest-neighbour rounds some coordinates differently from the 8-bit labels'."""
+    if values.dtype == np.uint16:
+        out = Image.fromarray(values.astype(np.int32)).resize(size, _resample_filter(key), box=box)
+        return np.asarray(out).astype(np.uint16)
+    return np.asarray(Image.fromarray(values).resize(size, _resample_filter(key), box=box))
+
+
+def augment_fields(fields: Fields, rng: np.random.Generator, cfg: TrainInput) -> Fields:
+    """Random scale, crop and flip of every field of one example (:func:`read_fields`): each (h, w[, c]),
+    h, w <= crop size, dtypes kept.
+
+    Scaling and cropping are one resampling of the crop window (PIL ``resize`` with a source ``box``) on
+    one sampling grid for all fields: bilinear for the image and HHA, nearest-neighbour for labels and
+    depth. The crop is smaller than ``crop_size`` where the scaled image is; batching pads it at the
+    bottom and right (inputs to the mean, labels to 255).
     """
-    image, label = as_uint8(example)
-    height, width = label.shape
+    height, width = fields[LABEL].shape
     crop = cfg.crop_size
     scale = rng.uniform(*cfg.scale_range)
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -133,11 +201,16 @@ def augment(example: Example, rng: np.random.Generator, cfg: TrainInput) -> tupl
     crop_h, crop_w = min(crop, scaled_h - y0), min(crop, scaled_w - x0)
     sy, sx = height / scaled_h, width / scaled_w
     box = (x0 * sx, y0 * sy, (x0 + crop_w) * sx, (y0 + crop_h) * sy)
-    image_crop = np.asarray(Image.fromarray(image).resize((crop_w, crop_h), Image.BILINEAR, box=box))
-    label_crop = np.asarray(Image.fromarray(label).resize((crop_w, crop_h), Image.NEAREST, box=box))
+    out = {key: _resample(values, key, (crop_w, crop_h), box) for key, values in fields.items()}
     if cfg.flip and rng.random() < 0.5:
-        image_crop, label_crop = image_crop[:, ::-1], label_crop[:, ::-1]
-    return image_crop, label_crop
+        out = {key: values[:, ::-1] for key, values in out.items()}
+    return out
+
+
+def augment(example: Example, rng: np.random.Generator, cfg: TrainInput) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`augment_fields` of an example's colour image and label: uint8 image (h, w, 3) and label (h, w)."""
+    out = augment_fields(read_fields(example), rng, cfg)
+    return out[IMAGE], out[LABEL]
 
 
 def bucket_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, int]:
@@ -147,35 +220,57 @@ def bucket_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, 
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
-def _pad_to(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int] | None = None,
-            multiple: int | None = 1) -> HostBatch:
-    """:func:`pad_batch` to ``shape``, else to the bucket of the pairs' sizes, else (``multiple``
+class Slot(NamedTuple):
+    """One array of a host batch: its key, the per-pixel trailing shape, dtype and padding value."""
+
+    key: str
+    trailing: tuple[int, ...]
+    dtype: Any
+    fill: int
+
+
+def batch_layout(inputs: str = IMAGE, labels: LabelMap = DEFAULT_LABELS) -> tuple[Slot, ...]:
+    """The arrays of a host batch for ``inputs`` and ``labels``: inputs padded with 0, labels with 255."""
+    slots = [Slot(key, (), np.uint8, VOID) for key, _ in labels]
+    for name in input_fields(inputs):
+        slots.append(Slot(name, (), np.uint16, 0) if name == DEPTH else Slot(name, (3,), np.uint8, 0))
+    return tuple(slots)
+
+
+DEFAULT_LAYOUT = batch_layout()
+
+
+def _pad_to(records: Sequence[Fields | None], shape: tuple[int, int] | None = None, multiple: int | None = 1,
+            layout: tuple[Slot, ...] = DEFAULT_LAYOUT) -> HostBatch:
+    """:func:`pad_batch` to ``shape``, else to the bucket of the records' sizes, else (``multiple``
     None) to their one common size (no padding)."""
-    sizes = [p[1].shape for p in pairs if p is not None]
+    sizes = [r[LABEL].shape for r in records if r is not None]
     if shape is None and multiple is None:
         if len(set(sizes)) != 1:
             raise ValueError(f"an exact-size batch needs images of one size, got {sorted(set(sizes))}")
         shape = sizes[0]
-    return pad_batch(pairs, bucket_shape(sizes, multiple) if shape is None else shape)
+    return pad_batch(records, bucket_shape(sizes, multiple) if shape is None else shape, layout)
 
 
-def pad_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray] | None], shape: tuple[int, int]) -> HostBatch:
-    """Stacks uint8 (image, label) pairs top-left into ``shape``; None rows are filler.
+def pad_batch(records: Sequence[Fields | None], shape: tuple[int, int],
+              layout: tuple[Slot, ...] = DEFAULT_LAYOUT) -> HostBatch:
+    """Stacks examples' fields (:func:`read_fields`) top-left into ``shape``; None rows are filler.
 
-    Returns the host batch {'image': (B, H, W, 3) uint8, 'label': (B, H, W) uint8 (255 outside
-    the pairs), 'valid': (B, 2) int32 (h, w) of each pair, (0, 0) for filler}. The image outside
-    ``valid`` is undefined until :func:`device_batch` sets it to the mean colour.
+    Returns the host batch: one (B, H, W[, c]) array per slot of ``layout`` ('image' (B, H, W, 3) uint8,
+    'label' (B, H, W) uint8 (255 outside the examples), ...) and 'valid': (B, 2) int32 (h, w) of each
+    example, (0, 0) for filler. Inputs outside ``valid`` are undefined until :func:`device_batch` sets
+    them to the mean.
     """
-    images = np.zeros((len(pairs), *shape, 3), np.uint8)
-    labels = np.full((len(pairs), *shape), VOID, np.uint8)
-    valid = np.zeros((len(pairs), 2), np.int32)
-    for row, pair in enumerate(pairs):
-        if pair is not None:
-            image, label = pair
-            images[row, : label.shape[0], : label.shape[1]] = image
-            labels[row, : label.shape[0], : label.shape[1]] = label
-            valid[row] = label.shape
-    return {"image": images, "label": labels, "valid": valid}
+    out: HostBatch = {s.key: np.full((len(records), *shape, *s.trailing), s.fill, s.dtype) for s in layout}
+    valid = np.zeros((len(records), 2), np.int32)
+    for row, record in enumerate(records):
+        if record is not None:
+            h, w = record[LABEL].shape
+            for s in layout:
+                out[s.key][row, :h, :w] = record[s.key]
+            valid[row] = (h, w)
+    out["valid"] = valid
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,13 +298,18 @@ def _agree_shape(shape: tuple[int, int]) -> tuple[int, int]:
 
 
 def _grow(batch: HostBatch, shape: tuple[int, int]) -> HostBatch:
-    """Pads a host batch's image and label (255) at the bottom/right up to ``shape``."""
-    height, width = batch["label"].shape[1:]
+    """Pads a host batch's arrays at the bottom/right up to ``shape``: labels with 255, inputs with 0."""
+    height, width = batch[LABEL].shape[1:]
     if (height, width) == shape:
         return batch
     pad = ((0, 0), (0, shape[0] - height), (0, shape[1] - width))
-    return dict(batch, image=np.pad(batch["image"], pad + ((0, 0),)),
-                label=np.pad(batch["label"], pad, constant_values=VOID))
+    grown = {}
+    for key, values in batch.items():
+        if key in ("valid", "indices", "names"):
+            continue
+        grown[key] = np.pad(values, pad + ((0, 0),) * (values.ndim - 3),
+                            constant_values=VOID if key.startswith(LABEL) else 0)
+    return dict(batch, **grown)
 
 
 def _to_device(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
@@ -218,31 +318,39 @@ def _to_device(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax
     return jax.make_array_from_process_local_data(sharding, array)
 
 
-def _preprocess_rows(image: jax.Array, label: jax.Array, valid: jax.Array, *,
-                     convention: str) -> tuple[jax.Array, jax.Array]:
-    """uint8 batch -> float32 network input with 0 (the mean colour) outside ``valid``; int32 labels."""
+def _preprocess_rows(arrays: dict[str, jax.Array], valid: jax.Array, *, convention: str, inputs: str,
+                     label_keys: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Host-typed batch arrays -> {'image': (B, H, W, C) float32 network input (:func:`compose`) with 0 (the
+    mean) outside ``valid``, each label key: (B, H, W) int32}."""
+    label = arrays[LABEL]
     rows = jax.lax.broadcasted_iota(np.int32, label.shape, 1)
     cols = jax.lax.broadcasted_iota(np.int32, label.shape, 2)
     inside = (rows < valid[:, 0, None, None]) & (cols < valid[:, 1, None, None])
-    return jnp.where(inside[..., None], preprocess(image, convention), 0.0), label.astype(np.int32)
+    x = compose({name: arrays[name] for name in input_fields(inputs)}, inputs, convention)
+    out = {IMAGE: jnp.where(inside[..., None], x, 0.0)}
+    out.update({key: arrays[key].astype(np.int32) for key in label_keys})
+    return out
 
 
 @functools.lru_cache(maxsize=None)
-def _device_preprocessor(convention: str, sharding: jax.sharding.Sharding | None) -> Callable:
+def _device_preprocessor(convention: str, sharding: jax.sharding.Sharding | None, inputs: str,
+                         label_keys: tuple[str, ...]) -> Callable:
     """The jitted :func:`_preprocess_rows`, its outputs keeping the batch sharding."""
-    body = functools.partial(_preprocess_rows, convention=convention)
-    return jax.jit(body) if sharding is None else jax.jit(body, out_shardings=(sharding, sharding))
+    body = functools.partial(_preprocess_rows, convention=convention, inputs=inputs, label_keys=label_keys)
+    return jax.jit(body) if sharding is None else jax.jit(body, out_shardings=sharding)
 
 
-def device_batch(host: HostBatch, convention: str,
-                 sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, jax.Array]:
-    """Host uint8 batch -> (image (B, H, W, 3) float32 preprocessed, label (B, H, W) int32).
+def device_batch(host: HostBatch, convention: str, sharding: jax.sharding.Sharding | None = None,
+                 inputs: str = IMAGE, label_keys: tuple[str, ...] = (LABEL,)) -> dict[str, jax.Array]:
+    """Host batch (uint8, depth uint16) -> {'image': (B, H, W, C) float32 network input, 'label' and every
+    other key of ``label_keys``: (B, H, W) int32}.
 
-    Bytes cross to the device as uint8 (a quarter of float32) and the preprocessing runs there,
-    as one jitted elementwise computation (no collectives) per batch shape.
+    Bytes cross to the device in their host types (uint8: a quarter of float32) and the preprocessing
+    runs there, as one jitted elementwise computation (no collectives) per batch shape.
     """
-    image, label, valid = (_to_device(host[k], sharding) for k in ("image", "label", "valid"))
-    return _device_preprocessor(convention, sharding)(image, label, valid)
+    arrays = {key: _to_device(host[key], sharding) for key in (*label_keys, *input_fields(inputs))}
+    return _device_preprocessor(convention, sharding, inputs, tuple(label_keys))(
+        arrays, _to_device(host["valid"], sharding))
 
 
 def _default_threads() -> int:
@@ -287,8 +395,9 @@ class ReplacementDraws:
 class TrainIterator:
     """Infinite iterator of training batches; see the module docstring for order and state.
 
-    ``next()`` returns {'image': (B, H, W, 3) float32, 'label': (B, H, W) int32} as jax.Arrays
-    (global arrays when a sharding is given). Call ``close()`` (or use ``with``) to stop threads.
+    ``next()`` returns {'image': (B, H, W, C) float32, 'label': (B, H, W) int32, and any other label key
+    of ``TrainInput.labels``: (B, H, W) int32} as jax.Arrays (global arrays when a sharding is given).
+    Call ``close()`` (or use ``with``) to stop threads.
     """
 
     def __init__(self, local: grain.MapDataset, finalize: Callable[[HostBatch], dict], *, cfg: TrainInput,
@@ -368,22 +477,25 @@ def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.
         ordered = grain.MapDataset.range(sys.maxsize).map(lambda position: source[draws[position]])
     else:
         ordered = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat()
+    labels = tuple(tuple(pair) for pair in check_labels(cfg.labels))
+    layout = batch_layout(cfg.inputs, labels)
+    read = functools.partial(read_fields, inputs=cfg.inputs, labels=labels)
     if cfg.mode == "modern":
-        pairs = ordered.random_map(lambda example, rng: augment(example, rng, cfg), seed=cfg.seed)
-        batch_fn = functools.partial(_pad_to, shape=(cfg.crop_size, cfg.crop_size))
+        records = ordered.random_map(lambda example, rng: augment_fields(read(example), rng, cfg), seed=cfg.seed)
+        batch_fn = functools.partial(_pad_to, shape=(cfg.crop_size, cfg.crop_size), layout=layout)
     else:
-        pairs = ordered.map(as_uint8)
-        batch_fn = functools.partial(_pad_to, multiple=cfg.bucket_multiple)
+        records = ordered.map(read)
+        batch_fn = functools.partial(_pad_to, multiple=cfg.bucket_multiple, layout=layout)
     # The order is infinite, so drop_remainder drops nothing (and keeps grain's length arithmetic integral).
-    batches = pairs.batch(local_batch, drop_remainder=True, batch_fn=batch_fn)
+    batches = records.batch(local_batch, drop_remainder=True, batch_fn=batch_fn)
     local = batches[index::count]  # rows [index*b, (index+1)*b) of every global batch
     agree = cfg.mode == "reference" and cfg.bucket_multiple is not None and jax.process_count() > 1
+    label_keys = tuple(key for key, _ in labels)
 
     def finalize(batch: HostBatch) -> dict[str, jax.Array]:
         if agree:
-            batch = _grow(batch, _agree_shape(batch["label"].shape[1:]))
-        image, label = device_batch(batch, cfg.convention, sharding)
-        return {"image": image, "label": label}
+            batch = _grow(batch, _agree_shape(batch[LABEL].shape[1:]))
+        return device_batch(batch, cfg.convention, sharding, cfg.inputs, label_keys)
 
     return TrainIterator(local, finalize, cfg=cfg, num_examples=len(source), background=not agree,
                          prefetch=prefetch, num_threads=num_threads or _default_threads())
@@ -394,15 +506,17 @@ def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.
 
 @dataclasses.dataclass
 class EvalBatch:
-    """One evaluation batch. ``image`` / ``label`` are global arrays when sharded; the NumPy fields
-    describe this process's rows: original (h, w) (0 for filler), example index (-1 for filler),
-    file name ('' for filler). Padding and filler rows are all 255 in ``label``."""
+    """One evaluation batch. ``image`` / ``label`` / ``labels`` are global arrays when sharded; the NumPy
+    fields describe this process's rows: original (h, w) (0 for filler), example index (-1 for filler),
+    file name ('' for filler). Padding and filler rows are all 255 in every label map. ``labels``: every
+    head's labels by batch key ('label', and e.g. 'label_geo'); ``label`` is ``labels['label']``."""
 
-    image: jax.Array  # (B, H, W, 3) float32
+    image: jax.Array  # (B, H, W, C) float32
     label: jax.Array  # (B, H, W) int32
     sizes: np.ndarray  # (b, 2) int32
     names: list[str]
     indices: np.ndarray  # (b,) int64
+    labels: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # batch key -> (B, H, W) int32
 
 
 def _file_name(example: Example) -> str:
@@ -443,9 +557,12 @@ def eval_plan(sizes: Sequence[tuple[int, int]] | np.ndarray,
 def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str, bucket_multiple: int | None = None,
                  sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
                  sharding: jax.sharding.Sharding | None = None, process_index: int | None = None,
-                 process_count: int | None = None, prefetch: int = 2,
-                 num_threads: int | None = None) -> Iterator[EvalBatch]:
+                 process_count: int | None = None, prefetch: int = 2, num_threads: int | None = None,
+                 inputs: str = IMAGE, labels: LabelMap = DEFAULT_LABELS) -> Iterator[EvalBatch]:
     """Full-resolution evaluation batches covering every example of ``source`` exactly once.
+
+    ``inputs``: the example fields forming the network input (:func:`fcn_jax.preprocess.compose`);
+    ``labels``: (batch key, example field) of every output head, 'label' first (``EvalBatch.labels``).
 
     ``bucket_multiple=None`` (exact size, the reference's): the batches of :func:`eval_plan`, each of
     one image size, from ``sizes`` ((N, 2) (H, W) of every example, e.g. :func:`example_sizes`,
@@ -455,6 +572,10 @@ def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str,
     global batch (b = B / process_count) and reads only those; missing rows are all-void filler.
     """
     check_convention(convention)
+    check_inputs(inputs)
+    labels = tuple(tuple(pair) for pair in check_labels(labels))
+    layout = batch_layout(inputs, labels)
+    label_keys = tuple(key for key, _ in labels)
     index, count, local_batch = _process_layout(batch_size, process_index, process_count)
     if bucket_multiple is not None and bucket_multiple < 1:
         raise ValueError(f"bucket_multiple must be >= 1 or None, got {bucket_multiple}")
@@ -472,12 +593,13 @@ def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str,
         shape, rows = plan[batch]
         rows = rows[index * local_batch:(index + 1) * local_batch]
         examples = [source[int(r)] if r >= 0 else None for r in rows]
-        pairs = [as_uint8(e) if e is not None else None for e in examples]
-        for r, pair in zip(rows, pairs):
-            if shape is not None and pair is not None and pair[1].shape != shape:
-                raise ValueError(f"example {r} is {pair[1].shape[0]}x{pair[1].shape[1]}, but its size was "
+        records = [read_fields(e, inputs, labels) if e is not None else None for e in examples]
+        for r, record in zip(rows, records):
+            if shape is not None and record is not None and record[LABEL].shape != shape:
+                size = record[LABEL].shape
+                raise ValueError(f"example {r} is {size[0]}x{size[1]}, but its size was "
                                  f"given as {shape[0]}x{shape[1]}")
-        host = _pad_to(pairs, shape, bucket_multiple)
+        host = _pad_to(records, shape, bucket_multiple, layout)
         host["indices"] = rows.copy()
         host["names"] = [_file_name(e) if e is not None else "" for e in examples]
         return host
@@ -486,9 +608,10 @@ def eval_batches(source: Sequence[Example], *, batch_size: int, convention: str,
 
     def finalize(host: HostBatch) -> EvalBatch:
         if agree:
-            host = _grow(host, _agree_shape(host["label"].shape[1:]))
-        image, label = device_batch(host, convention, sharding)
-        return EvalBatch(image=image, label=label, sizes=host["valid"], names=host["names"], indices=host["indices"])
+            host = _grow(host, _agree_shape(host[LABEL].shape[1:]))
+        arrays = device_batch(host, convention, sharding, inputs, label_keys)
+        return EvalBatch(image=arrays[IMAGE], label=arrays[LABEL], sizes=host["valid"], names=host["names"],
+                         indices=host["indices"], labels={key: arrays[key] for key in label_keys})
 
     local = grain.MapDataset.range(len(plan)).map(local_rows)
     return _eval_stream(local, finalize, agree=agree, prefetch=prefetch, num_threads=num_threads or _default_threads())

@@ -12,9 +12,12 @@ from types import MappingProxyType
 
 import flax.linen as nn
 
+from fcn_jax.models.backbones.alexnet import AlexNet
+from fcn_jax.models.backbones.googlenet import GoogLeNet
 from fcn_jax.models.backbones.vgg import VGG16
 
-BACKBONES: Mapping[str, type[nn.Module]] = MappingProxyType({"vgg16": VGG16})
+BACKBONES: Mapping[str, type[nn.Module]] = MappingProxyType({"vgg16": VGG16, "alexnet": AlexNet,
+                                                                "googlenet": GoogLeNet})
 
 
 def get_backbone(name: str) -> type[nn.Module]:

@@ -1,0 +1,88 @@
+"""The reference's models (shelhamer/fcn.berkeleyvision.org) and the paper's, as data: which variant, classes
+and dataset each is, the numbers published for it and where its weights come from.
+
+A reference model is a variant of :mod:`fcn_jax.models.registry` with a class count and a dataset: the
+PASCAL-Context nets are the VOC variants with 60 outputs, NYUD colour and HHA are FCN-32s with 40. The README's
+model table is printed from this table (``python docs/model_table.py``). Published numbers are what the
+reference README or the paper states, on the split named; none of them has been reproduced by fcn-jax.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fcn_jax.models.registry import check_variant
+
+
+class ReferenceModel(NamedTuple):
+    """One published FCN.
+
+    name: the reference's directory name (``voc-fcn8s``), or the paper's name where it released none.
+    variant / num_classes: the fcn-jax model; dataset: the fcn-jax dataset name it trains and evaluates on.
+    published: the mean IU (percent) published for it and where, or '' if none was.
+    weights: where its trained weights come from (the reference's ``caffemodel-url`` file), or ''.
+    start: the ImageNet (or earlier-stage) weights its training starts from.
+    """
+
+    name: str
+    variant: str
+    num_classes: int
+    dataset: str
+    published: str
+    weights: str
+    start: str
+
+
+_URL = "{}/caffemodel-url"
+_VGG = "VGG_ILSVRC_16_layers.caffemodel (ImageNet VGG16)"
+
+REFERENCE_MODELS: tuple[ReferenceModel, ...] = (
+    ReferenceModel("voc-fcn32s", "fcn32s", 21, "voc_segmentation/sbd_fcn", "63.6 seg11valid (reference README)",
+                   _URL.format("voc-fcn32s"), _VGG),
+    ReferenceModel("voc-fcn16s", "fcn16s", 21, "voc_segmentation/sbd_fcn", "65.0 seg11valid (reference README)",
+                   _URL.format("voc-fcn16s"), "voc-fcn32s"),
+    ReferenceModel("voc-fcn8s", "fcn8s", 21, "voc_segmentation/sbd_fcn",
+                   "65.5 seg11valid, 67.2 seg12test (reference README)", _URL.format("voc-fcn8s"), "voc-fcn16s"),
+    ReferenceModel("voc-fcn8s-atonce", "fcn8s-atonce", 21, "voc_segmentation/sbd_fcn",
+                   "65.4 seg11valid (reference README)", _URL.format("voc-fcn8s-atonce"), _VGG),
+    ReferenceModel("voc-fcn-alexnet", "fcn-alexnet", 21, "voc_segmentation/sbd_fcn",
+                   "48.0 seg11valid (reference README)", _URL.format("voc-fcn-alexnet"),
+                   "bvlc_reference_caffenet.caffemodel (ImageNet CaffeNet)"),
+    ReferenceModel("FCN-GoogLeNet (paper only)", "fcn-googlenet", 21, "voc_segmentation/sbd_fcn",
+                   "42.5 on the paper's VOC2011 val subset (paper Table 1)", "",
+                   "bvlc_googlenet.caffemodel (ImageNet GoogLeNet)"),
+    ReferenceModel("pascalcontext-fcn32s", "fcn32s", 60, "pascal_context", "", _URL.format("pascalcontext-fcn32s"),
+                   _VGG),
+    ReferenceModel("pascalcontext-fcn16s", "fcn16s", 60, "pascal_context", "", _URL.format("pascalcontext-fcn16s"),
+                   "pascalcontext-fcn32s"),
+    ReferenceModel("pascalcontext-fcn8s", "fcn8s", 60, "pascal_context", "37.8 on 59 classes (paper, FCN-8s)",
+                   _URL.format("pascalcontext-fcn8s"), "pascalcontext-fcn16s"),
+    ReferenceModel("siftflow-fcn32s", "siftflow-fcn32s", 33, "sift_flow", "", _URL.format("siftflow-fcn32s"), _VGG),
+    ReferenceModel("siftflow-fcn16s", "siftflow-fcn16s", 33, "sift_flow",
+                   "39.5 mean IU, 94.3 geometric accuracy (paper, FCN-16s)", _URL.format("siftflow-fcn16s"),
+                   "siftflow-fcn32s"),
+    ReferenceModel("siftflow-fcn8s", "siftflow-fcn8s", 33, "sift_flow", "", _URL.format("siftflow-fcn8s"),
+                   "siftflow-fcn16s"),
+    ReferenceModel("nyud-fcn32s-color", "fcn32s", 40, "nyud", "29.2 test (paper, RGB)",
+                   _URL.format("nyud-fcn32s-color"), _VGG),
+    ReferenceModel("nyud-fcn32s-hha", "fcn32s", 40, "nyud", "24.2 test (paper, HHA)", _URL.format("nyud-fcn32s-hha"),
+                   _VGG),
+    ReferenceModel("nyud-fcn32s-color-d", "nyud-fcn32s-color-d", 40, "nyud", "30.5 test (paper, RGB-D early fusion)",
+                   _URL.format("nyud-fcn32s-color-d"), _VGG + ", conv1_1 widened to 4 channels"),
+    ReferenceModel("nyud-fcn32s-color-hha", "nyud-fcn32s-color-hha", 40, "nyud",
+                   "32.8 test (paper, RGB-HHA late fusion)", _URL.format("nyud-fcn32s-color-hha"),
+                   "nyud-fcn32s-color + nyud-fcn32s-hha"),
+)
+
+for _model in REFERENCE_MODELS:
+    check_variant(_model.variant)
+
+
+def reference_model(name: str) -> ReferenceModel:
+    """The reference model called ``name``, else ValueError naming the choices."""
+    for model in REFERENCE_MODELS:
+        if model.name == name:
+            return model
+    raise ValueError(f"unknown reference model {name!r}; expected one of {', '.join(m.name for m in REFERENCE_MODELS)}")
+
+
+__all__ = ["REFERENCE_MODELS", "ReferenceModel", "reference_model"]
