@@ -155,7 +155,8 @@ def local_rows(x: Any) -> np.ndarray:
 def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes: int, *,
              mesh: Mesh | None = None, flip: bool = False, scales: Sequence[float] = (1.0,),
              on_batch: Callable[[EvalBatch, np.ndarray], bool | None] | None = None,
-             progress: bool = True, total: int | None = None) -> EvalResult:
+             progress: bool = True, total: int | None = None, desc: str = "eval",
+             leave: bool = True) -> EvalResult:
     """Evaluates ``model`` with ``params`` over ``batches`` and returns the reference's metrics.
 
     ``batches``: ``EvalBatch`` objects (``image`` (B, H, W, C) float32 preprocessed, ``label``
@@ -166,7 +167,8 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
     device until the end. ``on_batch(batch, preds)`` is called on the host after each batch with this
     process's predictions (B, H, W) int32, the first head's (e.g. to save pictures); once it returns
     False it is not called again and predictions are no longer copied to the host. ``progress`` shows a
-    tqdm bar in images/s (``total`` = expected image count, optional).
+    tqdm bar in images/s (``total`` = expected image count, optional) titled ``desc``, cleared at the end
+    unless ``leave`` (validation inside training clears its bar and logs one line instead).
     """
     mesh = make_mesh() if mesh is None else mesh
     step = make_eval_step(model, num_classes, mesh, flip=flip, scales=scales)
@@ -177,7 +179,7 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
     accumulators = {t.head: ConfusionAccumulator(t.num_classes) for t in targets}
     count = 0
     start = time.perf_counter()
-    with tqdm(total=total, unit="img", desc="eval", dynamic_ncols=True,
+    with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, leave=leave,
               disable=not progress or jax.process_index() != 0) as bar:
         for batch in batches:
             rows = batch.image.shape[0] * (1 if isinstance(batch.image, jax.Array) else jax.process_count())

@@ -626,8 +626,9 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                                         bucket_multiple=cfg.eval_bucket_multiple, sizes=eval_sizes,
                                         sharding=parallel.data_sharding(mesh), inputs=inputs, labels=labels)
         pictures = _PanelCollector(PANELS, cfg.preprocessing, ds_meta, f"{cfg.model.variant} step {step}", inputs)
-        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh, progress=False,
-                          on_batch=pictures if lead else None)
+        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh,
+                          progress=progress and lead, total=len(eval_source), desc=f"validation (step {step})",
+                          leave=False, on_batch=pictures if lead else None)
         writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
         record, scores = validation_record(result, targets, names)
         writer.write(step, record)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tarfile
 import zipfile
 
@@ -362,8 +363,12 @@ def test_nyud_color_hha_trains_and_evaluates(built, tmp_path, capsys):
     from fcn_jax.train_lib import train_and_evaluate
     cfg = loop_config("nyud-fcn32s-color-hha", 40, "nyud", built, "caffe-nyud")
     workdir = str(tmp_path / "run")
-    summary = train_and_evaluate(cfg, workdir, progress=False, log=lambda _: None)
+    capsys.readouterr()
+    summary = train_and_evaluate(cfg, workdir, progress=True, log=lambda _: None)
     assert summary["step"] == 2 and math.isfinite(summary["scores"]["mean_iu"])
+    bars = capsys.readouterr().err  # the training bar, and validation's own bar in images/s (issue 12)
+    assert re.search(r"2/2 \[[^]]*step", bars)
+    assert re.search(r"validation \(step 2\): +\d+%\|[^|]*\| [12]/3 \[[^]]*(img/s|s/img)", bars)
     records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert any("val/mean_iu" in r for r in records) and not any("val/sem/mean_iu" in r for r in records)
     out = str(tmp_path / "eval.json")
