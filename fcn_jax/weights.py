@@ -416,14 +416,21 @@ def first_score_key(variant: str) -> str:
     return f"score_fr{spec.streams[0].suffix}{spec.heads[0].suffix}.weight"
 
 
-def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str]) -> tuple[str, str]:
-    """(convention, how it was decided) for a file; raises if it cannot be told."""
+def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str], variant: str | None = None,
+                       num_classes: int | None = None) -> tuple[str, str]:
+    """(convention, how it was decided) for a file; raises if it cannot be told. A Caffe FCN of a reference
+    model of another dataset (SIFT Flow, NYUD, PASCAL-Context) takes that dataset's mean, as its data layer
+    subtracted it."""
     if "preprocessing" in file_meta:
         try:
             return check_convention(file_meta["preprocessing"]), "file metadata"
         except ValueError as e:
             raise WeightsError(f"{path}: recorded preprocessing: {e}") from None
     if os.path.splitext(path)[1].lower() in CAFFE_SUFFIXES:
+        from fcn_jax.models import zoo
+        model = zoo.match(variant, num_classes) if fmt == FCN_FORMAT and variant and num_classes else None
+        if model is not None and model.preprocessing != CAFFE:
+            return model.preprocessing, f"Caffe model of {model.name} ({model.dataset}: its data layer's mean)"
         return CAFFE, "Caffe model (BGR, mean-subtracted input)"
     if fmt == FCN_FORMAT:
         return CAFFE, "pytorch-fcn weights are Caffe-converted"
@@ -576,7 +583,8 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
                                f"{get_variant(variant).backbone}")
         num_classes = num_classes or default_classes
     num_classes = VGG16_DEFAULT_CLASSES if num_classes is None else num_classes
-    detected, how = _detect_convention(fmt, path, file_meta) if convention is None else (convention, "argument")
+    detected, how = (_detect_convention(fmt, path, file_meta, variant, num_classes) if convention is None
+                     else (convention, "argument"))
     params = params_from_tensors(tensors, fmt, variant, num_classes, width, path)
     meta = {"model": to_dict(_config(variant, num_classes, width)), "preprocessing": detected,
             "preprocessing_from": how, "format": fmt, "source": os.path.abspath(path)}

@@ -175,6 +175,8 @@ def test_caffemodel_is_detected_and_matches_the_reference_net(variant: str, tmp_
     path = write(tmp_path / f"{variant}.caffemodel", caffemodel(variant, caffe_layers(net)))
     variables, meta = fcn_jax.load_weights(str(path), width=WIDTH, return_meta=True)  # nothing named: detected
     assert meta["model"]["variant"] == variant and meta["model"]["num_classes"] == classes
+    # the data layer's mean of the reference model's dataset (siftflow_layers.py, nyud_layers.py)
+    assert meta["preprocessing"] == ("caffe-siftflow" if variant.startswith("siftflow") else "caffe-nyud")
     x = np.random.RandomState(1).uniform(-100, 100, (1, HEIGHT, WIDTH_PX, channels)).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(x).permute(0, 3, 1, 2))
@@ -294,3 +296,18 @@ def test_late_fusion_starts_from_one_fcn_per_stream(tmp_path: Path) -> None:
     assert "upscore (bilinear, fixed)" in lines[0]
     with pytest.raises(ValueError, match=r"needs exactly one source per stream: color=PATH,hha=PATH"):
         loading.init_params(cfg, fresh, f"color={sources['color'][0]}", keep=())
+
+
+def test_convert_names_a_reference_models_classes_and_mean(tmp_path: Path) -> None:
+    """python -m fcn_jax.convert on siftflow-fcn8s's .caffemodel: SIFT Flow's 33 class names and its mean go
+    into the checkpoint, with no --class-names needed."""
+    from fcn_jax.cli.convert import main as convert_main
+    from fcn_jax.data.sift_flow import SIFT_FLOW_CLASSES
+
+    net = randomised(TorchSiftFlow(32), seed=5)
+    path = write(tmp_path / "siftflow-fcn32s-heavy.caffemodel", caffemodel("siftflow-fcn32s", caffe_layers(net)))
+    out = tmp_path / "ckpt"
+    assert convert_main([str(path), "--out", str(out), "--width", str(WIDTH)]) == 0
+    _, info = fcn_jax.loading.load(str(out))
+    assert (info.config.variant, info.config.num_classes, info.preprocessing) == ("siftflow-fcn32s", 33, "caffe-siftflow")
+    assert tuple(info.class_names) == tuple(SIFT_FLOW_CLASSES) and len(SIFT_FLOW_CLASSES) == 33

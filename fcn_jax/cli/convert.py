@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _class_names(path: str | None, num_classes: int, recorded: Sequence[str] | None) -> list[str]:
+def _class_names(path: str | None, num_classes: int, recorded: Sequence[str] | None,
+                 dataset: str | None = None) -> list[str]:
     if path is not None:
         try:
             with open(path, encoding="utf8") as f:
@@ -74,6 +75,9 @@ def _class_names(path: str | None, num_classes: int, recorded: Sequence[str] | N
         return names
     if recorded is not None:
         return list(recorded)
+    if dataset is not None:  # a reference model of another dataset: its classes
+        from fcn_jax import data
+        return list(data.dataset_meta(dataset).class_names)
     from fcn_jax.data.voc import VOC_CLASSES
     if num_classes != len(VOC_CLASSES):
         raise UsageError(f"--class-names: required for {num_classes} classes (the default names are the "
@@ -116,8 +120,10 @@ def convert(args: argparse.Namespace) -> str:
     variables, info = load(args.src, variant=args.variant, num_classes=args.num_classes, width=args.width,
                            convention=args.convention)
     meta, config = info.meta, info.config
+    from fcn_jax.models import zoo
+    model = zoo.match(config.variant, config.num_classes)
     names = _class_names(args.class_names, config.num_classes, meta.get("class_names") if os.path.isdir(args.src)
-                         else None)
+                         else None, model.dataset if model is not None and model.num_classes != 21 else None)
     source = os.path.abspath(args.src)
     extra = {"source": source, "source_format": meta["format"]}
     if os.path.isfile(source):

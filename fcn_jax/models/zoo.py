@@ -21,6 +21,7 @@ class ReferenceModel(NamedTuple):
     published: the mean IU (percent) published for it and where, or '' if none was.
     weights: where its trained weights come from (the reference's ``caffemodel-url`` file), or ''.
     start: the ImageNet (or earlier-stage) weights its training starts from.
+    preprocessing: the input convention of its data layer (``fcn_jax.preprocess``: the dataset's mean).
     """
 
     name: str
@@ -30,6 +31,7 @@ class ReferenceModel(NamedTuple):
     published: str
     weights: str
     start: str
+    preprocessing: str = "caffe"
 
 
 _URL = "{}/caffemodel-url"
@@ -73,8 +75,21 @@ REFERENCE_MODELS: tuple[ReferenceModel, ...] = (
                    "nyud-fcn32s-color + nyud-fcn32s-hha"),
 )
 
+# The data layers' means (pascalcontext_layers.py, siftflow_layers.py, nyud_layers.py; voc_layers.py: 'caffe').
+DATASET_PREPROCESSING = {"pascal_context": "caffe-context", "sift_flow": "caffe-siftflow", "nyud": "caffe-nyud"}
+REFERENCE_MODELS = tuple(m._replace(preprocessing=DATASET_PREPROCESSING.get(m.dataset, "caffe"))
+                         for m in REFERENCE_MODELS)
 for _model in REFERENCE_MODELS:
     check_variant(_model.variant)
+
+
+def match(variant: str, num_classes: int) -> ReferenceModel | None:
+    """The reference model a (variant, class count) is, when the reference models with both agree on
+    dataset and preprocessing (NYUD colour and HHA do: both ``nyud``, ``caffe-nyud``); None otherwise."""
+    found = [m for m in REFERENCE_MODELS if m.variant == variant and m.num_classes == num_classes]
+    if not found or len({(m.dataset, m.preprocessing) for m in found}) != 1:
+        return None
+    return found[0]
 
 
 def reference_model(name: str) -> ReferenceModel:
@@ -85,4 +100,4 @@ def reference_model(name: str) -> ReferenceModel:
     raise ValueError(f"unknown reference model {name!r}; expected one of {', '.join(m.name for m in REFERENCE_MODELS)}")
 
 
-__all__ = ["REFERENCE_MODELS", "ReferenceModel", "reference_model"]
+__all__ = ["DATASET_PREPROCESSING", "REFERENCE_MODELS", "ReferenceModel", "match", "reference_model"]
