@@ -3,6 +3,8 @@ reference"): SGD as sgd_solver.cpp computes it, SoftmaxWithLoss normalisation, e
 solve.py's re-filling of upsamplers after stage initialisation, and training only some layers."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,12 @@ def images(seed, n, h=13, w=11):
             "label": jnp.asarray(labels, jnp.int32)}
 
 
+@functools.lru_cache(maxsize=None)
+def _value_and_grad(loss_sum, n):
+    """The compiled (loss_sum / n, its gradient): compiled once per loss, not once per iteration group."""
+    return jax.jit(jax.value_and_grad(lambda p, b: loss_sum(p, b) / n))
+
+
 def caffe_sgd(params, history, batch, *, loss_sum, n, iter_size, lr, momentum, wd, lr_mult, decay_mult):
     """One Caffe iteration group as sgd_solver.cpp computes it: ``iter_size`` forward/backward passes of
     ``n`` images each, SoftmaxWithLoss with ``normalize: false`` (the summed loss divided by n), the
@@ -41,7 +49,7 @@ def caffe_sgd(params, history, batch, *, loss_sum, n, iter_size, lr, momentum, w
     ``history = momentum * history + lr * lr_mult * (diff + wd * decay_mult * w); w -= history``."""
     diff = jax.tree.map(jnp.zeros_like, params)
     loss = 0.0
-    forward_backward = jax.jit(jax.value_and_grad(lambda p, b: loss_sum(p, b) / n))
+    forward_backward = _value_and_grad(loss_sum, n)
     for k in range(iter_size):
         part = {key: v[k * n:(k + 1) * n] for key, v in batch.items()}
         value, g = forward_backward(params, part)
