@@ -6,8 +6,13 @@ process share the programs they compile instead of each compiling them again, an
 writes the user's cache (``~/.cache/fcn_jax/xla``), so a run's time and results do not depend on
 earlier runs. ``JAX_COMPILATION_CACHE_DIR`` is JAX's own setting, which ``fcn_jax.platform`` uses when
 ``FCN_JAX_COMPILATION_CACHE`` is not set; a test that sets either for its subprocesses still wins.
+
+``early_runs``: a module's subprocesses that depend on no other test start with the module's first test
+instead of in their own test, and run while the tests before theirs compile (XLA's compiler and Python's
+tracing leave one of two cores idle much of the time); their test then checks what they did.
 """
 import os
+import subprocess
 
 import pytest
 
@@ -29,3 +34,51 @@ def session_compilation_cache(tmp_path_factory):
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     else:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = previous
+
+
+class EarlyRuns:
+    """Subprocesses started before the test that checks them (see the module docstring). A module's
+    autouse fixture starts them, for the tests that this session runs (:meth:`selected`); the test
+    collects one with :meth:`result`. Output goes to files, so a run never waits for a reader; a run
+    still going when the module ends is killed."""
+
+    def __init__(self, request, directory):
+        self._request, self._directory, self._runs = request, directory, {}
+
+    def selected(self, test):
+        """Whether this session runs the module's test function ``test`` (any of its parametrizations)."""
+        return any(item.path == self._request.path and getattr(item, "originalname", item.name) == test
+                   for item in self._request.session.items)
+
+    def start(self, key, args, **popen):
+        """Starts ``args`` (``subprocess.Popen`` keywords ``popen``) as the run ``key``."""
+        out, err = (open(os.path.join(self._directory, f"{key}.{name}"), "w+") for name in ("out", "err"))
+        self._runs[key] = (subprocess.Popen(args, stdout=out, stderr=err, text=True, **popen), out, err)
+
+    def __contains__(self, key):
+        return key in self._runs
+
+    def result(self, key, timeout):
+        """(exit code, stdout, stderr) of the run ``key``, once it ends (``timeout`` seconds at most)."""
+        proc, out, err = self._runs[key]
+        proc.wait(timeout=timeout)
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read())
+        return proc.returncode, texts[0], texts[1]
+
+    def close(self):
+        for proc, out, err in self._runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+            err.close()
+
+
+@pytest.fixture(scope="module")
+def early_runs(request, tmp_path_factory):
+    runs = EarlyRuns(request, str(tmp_path_factory.mktemp("early_runs")))
+    yield runs
+    runs.close()

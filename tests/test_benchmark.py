@@ -3,7 +3,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
@@ -134,18 +133,23 @@ def test_infer_in_process_flops_match_analytic_count():
     assert result["flops_per_image"] == pytest.approx(forward_flops(64, 64, scale=0.25), rel=0.02)
 
 
-def run_cli(args, env=None):
-    """Runs ``python benchmark.py ARGS`` as the entry point; returns (process, modules it imported)."""
+def start_cli(early_runs, key, args, env=None):
+    """Starts ``python benchmark.py ARGS`` as the entry point (the run ``key`` of ``early_runs``)."""
     code = ("import json, runpy, sys\n"
             f"sys.argv = ['benchmark.py'] + {list(args)!r}\n"
             "try:\n    runpy.run_path('benchmark.py', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\n"
             "print('MODULES=' + json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
             "sys.exit(code)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
-    modules = next((json.loads(line[8:]) for line in proc.stdout.splitlines() if line.startswith("MODULES=")), [])
-    return proc, modules
+    early_runs.start(key, [sys.executable, "-c", code], cwd=ROOT,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+def cli_result(early_runs, key):
+    """(exit code, stdout, stderr, modules it imported) of the run ``key``."""
+    code, stdout, stderr = early_runs.result(key, 300)
+    modules = next((json.loads(line[8:]) for line in stdout.splitlines() if line.startswith("MODULES=")), [])
+    return code, stdout, stderr, modules
 
 
 def tiny_args(cfg, json_path):
@@ -154,34 +158,23 @@ def tiny_args(cfg, json_path):
             "--dtype", cfg.dtype, "--steps", str(cfg.steps), "--warmup", str(cfg.warmup), "--json", json_path]
 
 
-def test_cli_train_end_to_end(tmp_path):
-    """The real train step through the command line: summary printed, every JSON field sane, train
-    FLOPs about 3x the forward pass, and no TensorFlow (or tfds / grain) on the import path."""
-    cfg = bench.BenchmarkConfig(**{**TINY, "mode": "train"})
-    path = str(tmp_path / "train.json")
-    proc, modules = run_cli(tiny_args(cfg, path))
-    assert proc.returncode == 0, proc.stderr
-    assert "images/s" in proc.stdout and "MFU: n/a" in proc.stdout
-    with open(path) as f:
-        result = json.load(f)
-    check_result(result, cfg)
-    assert result["config"]["mode"] == "train"
-    forward = forward_flops(*cfg.image_size, scale=cfg.width)
-    assert 2.5 * forward < result["flops_per_image"] < 3.6 * forward
-    assert modules and not {"tensorflow", "tensorflow_datasets", "grain", "torch"} & set(modules)
-    assert all(flag in result["xla_flags"] for flag in platform.apply_cpu_xla_flags({}))  # recorded as used
+CLI_TRAIN = bench.BenchmarkConfig(**{**TINY, "mode": "train"})
+CLI_INFER = bench.BenchmarkConfig(**{**TINY, "mode": "infer", "batch_size": 2})
 
 
-def test_cli_infer_shards_over_devices(tmp_path):
-    """On two (virtual CPU) devices the global batch doubles and the FLOPs count both devices' work."""
-    cfg = bench.BenchmarkConfig(**{**TINY, "mode": "infer", "batch_size": 2})
-    path = str(tmp_path / "infer.json")
-    proc, _ = run_cli(tiny_args(cfg, path), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert proc.returncode == 0, proc.stderr
-    with open(path) as f:
-        result = json.load(f)
-    check_result(result, cfg, devices=2)
-    assert result["flops_per_step"] == pytest.approx(4 * forward_flops(*cfg.image_size, scale=cfg.width), rel=0.03)
+@pytest.fixture(scope="module", autouse=True)
+def cli_json(early_runs, tmp_path_factory):
+    """Starts the command-line runs of ``test_cli_*`` (when selected) with the module's first test: they wait
+    for no other test, and run while the in-process tests compile (their tests come last). {run: its JSON file}"""
+    paths = {}
+    if early_runs.selected("test_cli_train_end_to_end"):
+        paths["train"] = str(tmp_path_factory.mktemp("cli_train") / "train.json")
+        start_cli(early_runs, "train", tiny_args(CLI_TRAIN, paths["train"]))
+    if early_runs.selected("test_cli_infer_shards_over_devices"):
+        paths["infer"] = str(tmp_path_factory.mktemp("cli_infer") / "infer.json")
+        start_cli(early_runs, "infer", tiny_args(CLI_INFER, paths["infer"]),
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    return paths
 
 
 @pytest.mark.parametrize("args, message", [
@@ -271,3 +264,33 @@ def test_compare_torch_table(tmp_path):
     table = compare_torch.format_table(report)
     assert "| infer | pytorch | eager |" in table and "infer: best JAX (float32) / best PyTorch (eager)" in table
     json.dumps(report)
+
+
+# ------------------------------------------------- the command-line runs (started with the module)
+
+def test_cli_train_end_to_end(cli_json, early_runs):
+    """The real train step through the command line: summary printed, every JSON field sane, train
+    FLOPs about 3x the forward pass, and no TensorFlow (or tfds / grain) on the import path."""
+    cfg = CLI_TRAIN
+    code, stdout, stderr, modules = cli_result(early_runs, "train")
+    assert code == 0, stderr
+    assert "images/s" in stdout and "MFU: n/a" in stdout
+    with open(cli_json["train"]) as f:
+        result = json.load(f)
+    check_result(result, cfg)
+    assert result["config"]["mode"] == "train"
+    forward = forward_flops(*cfg.image_size, scale=cfg.width)
+    assert 2.5 * forward < result["flops_per_image"] < 3.6 * forward
+    assert modules and not {"tensorflow", "tensorflow_datasets", "grain", "torch"} & set(modules)
+    assert all(flag in result["xla_flags"] for flag in platform.apply_cpu_xla_flags({}))  # recorded as used
+
+
+def test_cli_infer_shards_over_devices(cli_json, early_runs):
+    """On two (virtual CPU) devices the global batch doubles and the FLOPs count both devices' work."""
+    cfg = CLI_INFER
+    code, _, stderr, _ = cli_result(early_runs, "infer")
+    assert code == 0, stderr
+    with open(cli_json["infer"]) as f:
+        result = json.load(f)
+    check_result(result, cfg, devices=2)
+    assert result["flops_per_step"] == pytest.approx(4 * forward_flops(*cfg.image_size, scale=cfg.width), rel=0.03)

@@ -3,7 +3,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
@@ -77,20 +76,21 @@ def check_record(record, ckpt):
         assert 0 <= record[key] <= 1, key
 
 
-def test_eval_py_end_to_end(trained, tmp_path):
-    ckpt, data_dir = trained
-    pictures, out = tmp_path / "pictures", tmp_path / "results" / "eval.json"
+@pytest.fixture(scope="module", autouse=True)
+def eval_py_run(request, early_runs, tmp_path_factory):
+    """Starts ``python eval.py`` of ``test_eval_py_end_to_end`` (when selected) as soon as the checkpoint exists:
+    it waits for no other test, and runs while the in-process tests compile (that test comes last). (pictures
+    dir, JSON path)"""
+    if not early_runs.selected("test_eval_py_end_to_end"):
+        return None
+    ckpt, data_dir = request.getfixturevalue("trained")
+    root = tmp_path_factory.mktemp("eval_py")
+    pictures, out = root / "pictures", root / "results" / "eval.json"
     cmd = [sys.executable, os.path.join(ROOT, "eval.py"), "--ckpt", ckpt, "--data-dir", data_dir,
            "--batch-size", "2", "--bucket-multiple", "32", "--save-predictions", str(pictures),
            "--num-pictures", "3", "--json", str(out), "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(out.read_text())
-    check_record(record, ckpt)
-    assert record["tta"] == {"flip": False, "scales": [1.0]} and record["batch_size"] == 2
-    assert "mean IU" in proc.stdout and all(name in proc.stdout for name in SHAPES_CLASSES)
-    files = sorted(os.listdir(pictures))
-    assert len(files) == 6 and sum(f.endswith("_panel.png") for f in files) == 3
+    early_runs.start("eval.py", cmd, cwd=ROOT)
+    return pictures, out
 
 
 def test_eval_tta_and_default_json_next_to_checkpoint(trained, capsys):
@@ -159,3 +159,16 @@ def test_dtype_is_the_only_model_override(trained):
     assert info.config.dtype == "bfloat16" and model.dtype == jnp.bfloat16
     assert info.config.width == 1 / 16 and info.step == 3 and info.preprocessing == "caffe"
     assert info.class_names == tuple(SHAPES_CLASSES)
+
+
+def test_eval_py_end_to_end(trained, eval_py_run, early_runs):
+    ckpt, _ = trained
+    pictures, out = eval_py_run
+    code, stdout, stderr = early_runs.result("eval.py", 300)
+    assert code == 0, stderr[-3000:]
+    record = json.loads(out.read_text())
+    check_record(record, ckpt)
+    assert record["tta"] == {"flip": False, "scales": [1.0]} and record["batch_size"] == 2
+    assert "mean IU" in stdout and all(name in stdout for name in SHAPES_CLASSES)
+    files = sorted(os.listdir(pictures))
+    assert len(files) == 6 and sum(f.endswith("_panel.png") for f in files) == 3

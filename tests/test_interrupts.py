@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 
 import pytest
 
@@ -90,25 +91,38 @@ pipeline.train_iterator = iterator_then_signal
 from fcn_jax.cli.train import main
 sys.exit(main(sys.argv[2:]))
 """
+SIGNALS = ("SIGINT", "SIGTERM")
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_signal_before_the_loop_is_one_line_and_the_signal_exit_code(data_dir, tmp_path, sig):
+@pytest.fixture(scope="module", autouse=True)
+def before_the_loop(request, early_runs, tmp_path_factory):
+    """Starts the processes of ``test_signal_before_the_loop_...`` (one per signal, when that test is selected)
+    with the module's first test: they wait for no other test. {signal name: workdir}."""
+    if not early_runs.selected("test_signal_before_the_loop_is_one_line_and_the_signal_exit_code"):
+        return {}
+    data_dir = request.getfixturevalue("data_dir")
+    workdirs = {}
+    for sig in SIGNALS:
+        workdirs[sig] = tmp_path_factory.mktemp(f"before_the_loop_{sig}") / "run"
+        args = ["--variant", "fcn32s", "--dataset", "shapes/tiny", "--data-dir", data_dir, "--workdir",
+                str(workdirs[sig]), "--width", "0.0625", "--steps", "3", "--batch-size", "2", "--crop-size", "48",
+                "--no-progress"]
+        early_runs.start(sig, [sys.executable, "-c", _BEFORE_THE_LOOP, sig, *args],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return workdirs
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_signal_before_the_loop_is_one_line_and_the_signal_exit_code(before_the_loop, early_runs, sig):
     """Ctrl-C / SIGTERM while the input pipeline's threads run but before step 1: earlier code printed a
     KeyboardInterrupt traceback and crashed at exit (rc -11). Now: one line, exit 128 + signal, nothing saved."""
-    import subprocess
-    import sys
-    workdir = tmp_path / "run"
-    args = ["--variant", "fcn32s", "--dataset", "shapes/tiny", "--data-dir", data_dir, "--workdir", str(workdir),
-            "--width", "0.0625", "--steps", "3", "--batch-size", "2", "--crop-size", "48", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-c", _BEFORE_THE_LOOP, sig, *args], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code, _, stderr = early_runs.result(sig, 300)
     number = getattr(signal, sig)
-    assert proc.returncode == 128 + number, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (f"train.py: error: interrupted by {sig}; checkpoints already "
-                                                    f"on disk are kept; run again to resume")
-    saved = workdir / checkpoint.CHECKPOINTS
+    assert code == 128 + number, stderr[-3000:]
+    assert "Traceback" not in stderr and "FATAL" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (f"train.py: error: interrupted by {sig}; checkpoints already "
+                                               f"on disk are kept; run again to resume")
+    saved = before_the_loop[sig] / checkpoint.CHECKPOINTS
     assert not saved.exists() or not [d for d in os.listdir(saved) if d.isdigit()]
 
 

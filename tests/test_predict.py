@@ -67,8 +67,8 @@ def test_find_images(tmp_path):
         load_image(str(tmp_path / "notes.txt"))
 
 
-def test_predict_cli_odd_images_and_a_corrupt_file(model_dir, tmp_path):
-    inputs = tmp_path / "in"
+def odd_images(inputs):
+    """Images of odd modes and sizes in ``inputs`` (a directory), a corrupt one and a stem used twice."""
     inputs.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(inputs / "rgb.png")
@@ -80,13 +80,52 @@ def test_predict_cli_odd_images_and_a_corrupt_file(model_dir, tmp_path):
     good = (inputs / "rgb.png").read_bytes()
     (inputs / "corrupt.png").write_bytes(good[: len(good) // 2])
     (inputs / "rgb.jpg").write_bytes((inputs / "cmyk_rotated.jpg").read_bytes())  # same stem as rgb.png
-    out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(ROOT, "predict.py"), "--ckpt", model_dir, str(inputs),
-           str(tmp_path / "missing.png"), "--out", str(out), "--probs"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("predict.py: error:")]
-    assert len(errors) == 2, proc.stderr[-3000:]
+
+
+def own_cache(root):
+    """The environment of ``test_second_run_compiles_nothing``'s runs: a compilation cache of their own."""
+    env = dict(os.environ, FCN_JAX_COMPILATION_CACHE=str(root / "cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
+def predict_py(model_dir, *args):
+    return [sys.executable, os.path.join(ROOT, "predict.py"), "--ckpt", model_dir, *args]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(request, early_runs, tmp_path_factory):
+    """Starts the ``predict.py`` processes that wait for no other test (when their test is selected) with the
+    module's first test, so that they run while the tests before theirs do. {test: its directory}"""
+    roots = {}
+    for test in ("test_predict_cli_odd_images_and_a_corrupt_file", "test_second_run_compiles_nothing"):
+        if early_runs.selected(test):
+            roots[test] = tmp_path_factory.mktemp(test)
+    if not roots:
+        return roots
+    model_dir = request.getfixturevalue("model_dir")
+    if "test_predict_cli_odd_images_and_a_corrupt_file" in roots:
+        root = roots["test_predict_cli_odd_images_and_a_corrupt_file"]
+        odd_images(root / "in")
+        early_runs.start("odd", predict_py(model_dir, str(root / "in"), str(root / "missing.png"), "--out",
+                                           str(root / "out"), "--probs"), cwd=ROOT)
+    if "test_second_run_compiles_nothing" in roots:
+        root = roots["test_second_run_compiles_nothing"]
+        image = root / "in" / "a.png"
+        image.parent.mkdir()
+        Image.fromarray(np.full((21, 17, 3), 90, np.uint8)).save(image)
+        early_runs.start("first run", predict_py(model_dir, str(image), "--out", str(root / "out0")), cwd=ROOT,
+                         env=own_cache(root))
+    return roots
+
+
+def test_predict_cli_odd_images_and_a_corrupt_file(started, early_runs):
+    out = started["test_predict_cli_odd_images_and_a_corrupt_file"] / "out"
+    code, stdout, stderr = early_runs.result("odd", 300)
+    assert code == 1, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("predict.py: error:")]
+    assert len(errors) == 2, stderr[-3000:]
     assert "corrupt.png" in errors[0] and "missing.png: no such file or directory" in errors[1]
     expected = {"rgb": (53, 37), "rgb_2": (37, 53), "gray16": (29, 31), "dot": (1, 1), "pal": (37, 53),
                 "cmyk_rotated": (53, 37)}  # rgb.jpg comes first: rgb.png gets the stem rgb_2
@@ -102,7 +141,7 @@ def test_predict_cli_odd_images_and_a_corrupt_file(model_dir, tmp_path):
         chosen = np.take_along_axis(probs, values[..., None].astype(np.int64), -1)[..., 0]
         assert (chosen >= probs.max(-1) - 2e-3).all()  # the label is the argmax (up to float16 rounding)
     assert not (out / "corrupt.png").exists()
-    assert len(proc.stdout.splitlines()) == len(expected)
+    assert len(stdout.splitlines()) == len(expected)
 
 
 def test_predict_usage_errors(model_dir, tmp_path, capsys):
@@ -138,23 +177,21 @@ def test_predict_never_overwrites_inputs_or_results(model_dir, tmp_path, capsys)
     assert main(["--ckpt", model_dir, str(photos), "--out", str(out), "--overwrite"]) == 0
 
 
-def test_second_run_compiles_nothing(model_dir, tmp_path):
+def test_second_run_compiles_nothing(model_dir, started, early_runs):
     """The tools turn on JAX's persistent compilation cache: a second identical run adds no cache entry,
     i.e. every program it needed was found on disk instead of being compiled again."""
-    image = tmp_path / "in" / "a.png"
-    image.parent.mkdir()
-    Image.fromarray(np.full((21, 17, 3), 90, np.uint8)).save(image)
-    cache = tmp_path / "cache"
-    env = dict(os.environ, FCN_JAX_COMPILATION_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PLATFORMS="cpu")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    root = started["test_second_run_compiles_nothing"]
+    image, cache = root / "in" / "a.png", root / "cache"
     entries = []
     for run in range(2):
-        cmd = [sys.executable, os.path.join(ROOT, "predict.py"), "--ckpt", model_dir, str(image),
-               "--out", str(tmp_path / f"out{run}")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        if run == 0:  # started with the module
+            code, _, stderr = early_runs.result("first run", 300)
+        else:
+            proc = subprocess.run(predict_py(model_dir, str(image), "--out", str(root / f"out{run}")),
+                                  capture_output=True, text=True, timeout=300, cwd=ROOT, env=own_cache(root))
+            code, stderr = proc.returncode, proc.stderr
+        assert code == 0, stderr[-3000:]
         entries.append(sorted(os.listdir(cache)))
     assert entries[0] and entries[1] == entries[0]
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out0" / "a.png")),
-                                  np.asarray(Image.open(tmp_path / "out1" / "a.png")))
+    np.testing.assert_array_equal(np.asarray(Image.open(root / "out0" / "a.png")),
+                                  np.asarray(Image.open(root / "out1" / "a.png")))

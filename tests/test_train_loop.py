@@ -1,7 +1,10 @@
 """train.py end to end: interruption loses nothing, SIGTERM saves, multi-host training, learning happens.
 
 Every run is a real ``python train.py`` subprocess on the tiny shapes split. A persistent compilation
-cache shared by the subprocesses keeps the repeated runs fast.
+cache shared by the subprocesses keeps the repeated runs fast: a run started after another compiled the
+programs they share loads them instead (the uninterrupted run below starts once the run to be killed has
+compiled). Runs that need no other run (the non-finite loss, the unreachable coordinator) start with the
+module, beside the kill test, whose single process at a time leaves the second core idle most of the time.
 """
 import contextlib
 import json
@@ -23,7 +26,7 @@ TRAIN = os.path.join(REPO, "train.py")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, early_runs):
     root = tmp_path_factory.mktemp("train_loop")
     data_dir = str(root / "tfds")
     data.prepare("shapes/tiny", data_dir)
@@ -32,7 +35,11 @@ def env(tmp_path_factory):
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     environ.pop("XLA_FLAGS", None)
-    return {"root": root, "data_dir": data_dir, "env": environ}
+    env = {"root": root, "data_dir": data_dir, "env": environ, "early": early_runs}
+    for test, args in EARLY.items():  # the runs that wait for no other run start now, beside the first test
+        if early_runs.selected(test):
+            early_runs.start(test, args(env), env=environ)
+    return env
 
 
 def tiny_args(env, workdir, steps, **extra):
@@ -96,12 +103,12 @@ def test_kill_sigterm_and_resume_equal_uninterrupted(env):
     steps = 14
     straight = env["root"] / "straight"
     broken = env["root"] / "broken"
-    with beside((tiny_args(env, straight, steps), env["env"])):  # the uninterrupted run, meanwhile
-        code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
-        assert code == -signal.SIGKILL, out[-2000:]
-        killed_at = max(saved_steps(broken))
-        assert killed_at < steps, "the run finished before it could be killed"
-
+    code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
+    assert code == -signal.SIGKILL, out[-2000:]
+    killed_at = max(saved_steps(broken))
+    assert killed_at < steps, "the run finished before it could be killed"
+    # the uninterrupted run, meanwhile: started now, it loads the programs the killed run compiled
+    with beside((tiny_args(env, straight, steps), env["env"])):
         code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGTERM, killed_at)
         assert code == 128 + signal.SIGTERM, out[-2000:]  # saved, and the shell learns it was stopped
         assert f"resuming from step {killed_at}" in out
@@ -122,12 +129,15 @@ def test_kill_sigterm_and_resume_equal_uninterrupted(env):
     assert max(steps_logged) == steps
 
 
+def non_finite_args(env):
+    return tiny_args(env, env["root"] / "nan", 6, optimizer="sgd", lr=1e12, loss="sum", momentum=0.99)
+
+
 def test_non_finite_loss_stops_with_message(env):
     workdir = env["root"] / "nan"
-    res = subprocess.run(tiny_args(env, workdir, 6, optimizer="sgd", lr=1e12, loss="sum", momentum=0.99),
-                         env=env["env"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 1, res.stdout[-1000:] + res.stderr[-2000:]
-    line = res.stderr.strip().splitlines()[-1]
+    code, out, err = env["early"].result("test_non_finite_loss_stops_with_message", 600)
+    assert code == 1, out[-1000:] + err[-2000:]
+    line = err.strip().splitlines()[-1]
     assert line.startswith("train.py: error: non-finite loss") and "at step" in line
     for s in saved_steps(workdir):  # whatever checkpoint survived holds finite numbers
         for leaf in final_params(workdir)[0]:
@@ -158,14 +168,17 @@ def test_two_processes_train_and_one_restores(env):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+def unreachable_args(env):
+    return tiny_args(env, env["root"] / "nowhere", 2, coordinator_address="127.0.0.1:1", num_processes=2,
+                     process_id=1, distributed_timeout=2)
+
+
 def test_an_unreachable_coordinator_is_one_line(env):
     """Earlier code waited silently (and XLA's client aborts the process when the deadline passes)."""
     workdir = env["root"] / "nowhere"
-    proc = subprocess.run(tiny_args(env, workdir, 2, coordinator_address="127.0.0.1:1", num_processes=2,
-                                    process_id=1, distributed_timeout=2),
-                          env=env["env"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+    code, _, err = env["early"].result("test_an_unreachable_coordinator_is_one_line", 120)
+    assert code == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
         "train.py: error: --coordinator-address 127.0.0.1:1: nothing answered within 2 s (Connection refused); "
         "start process 0 there first (this is process 1 of 2)")
     assert not workdir.exists()
@@ -196,3 +209,8 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(env):
     stopped_at = int(said[0].split("saved step ")[1].split()[0])
     assert stopped_at < 40 and stopped_at % 2 == 0  # a log boundary (--log-every 2)
     assert max(saved_steps(workdir)) == stopped_at
+
+
+# The runs the module starts at once (when their test is selected), by test.
+EARLY = {"test_non_finite_loss_stops_with_message": non_finite_args,
+         "test_an_unreachable_coordinator_is_one_line": unreachable_args}

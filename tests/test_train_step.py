@@ -1,7 +1,6 @@
 """The train step against hand-computed solver updates, and exact data parallelism."""
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -174,13 +173,21 @@ DP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_data_parallel_is_exact_on_4_devices(tmp_path):
-    script = tmp_path / "dp.py"
-    script.write_text(DP_SCRIPT.format(repo=REPO))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    outs = {int(n): v for n, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
+@pytest.fixture(scope="module", autouse=True)
+def data_parallel_run(early_runs, tmp_path_factory):
+    """Starts the 4-device process of ``test_data_parallel_is_exact_on_4_devices`` (when selected) with the
+    module's first test: it waits for no other test, and compiles while the tests before it do."""
+    if early_runs.selected("test_data_parallel_is_exact_on_4_devices"):
+        script = tmp_path_factory.mktemp("data_parallel") / "dp.py"
+        script.write_text(DP_SCRIPT.format(repo=REPO))
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+        early_runs.start("dp", [sys.executable, str(script)], env=env)
+
+
+def test_data_parallel_is_exact_on_4_devices(early_runs):
+    code, stdout, stderr = early_runs.result("dp", 600)
+    assert code == 0, stderr[-3000:]
+    outs = {int(n): v for n, v in json.loads(stdout.strip().splitlines()[-1]).items()}
     np.testing.assert_allclose(outs[4]["losses"], outs[1]["losses"], rtol=1e-5)
     for a, b in zip(outs[4]["params"], outs[1]["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
