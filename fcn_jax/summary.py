@@ -9,6 +9,8 @@ import os
 import time
 from typing import Any
 
+from fcn_jax.tensorboard import EventFileWriter
+
 
 class SummaryWriter:
     """Appends ``{"step": ..., **scalars}`` to ``WORKDIR/metrics.jsonl`` and to ``WORKDIR/tensorboard``."""
@@ -19,8 +21,7 @@ class SummaryWriter:
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            from tensorboardX import SummaryWriter as TBWriter
-            self._tb = TBWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         """Records float scalars (names like 'train/loss', 'val/mean_iu') at ``step``."""
@@ -29,17 +30,13 @@ class SummaryWriter:
         values = {k: float(v) for k, v in scalars.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
-        for name, value in values.items():
-            self._tb.add_scalar(name, value, step)
-        self._tb.flush()
+        self._tb.scalars(step, values)
 
     def write_images(self, step: int, images: dict[str, Any]) -> None:
         """Records (H, W, 3) uint8 pictures (e.g. 'val/panel/0') at ``step`` in TensorBoard."""
         if not self.enabled:
             return
-        for name, image in images.items():
-            self._tb.add_image(name, image, step, dataformats="HWC")
-        self._tb.flush()
+        self._tb.images(step, images)
 
     def close(self) -> None:
         if self._tb is not None:

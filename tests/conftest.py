@@ -8,8 +8,9 @@ earlier runs. ``JAX_COMPILATION_CACHE_DIR`` is JAX's own setting, which ``fcn_ja
 ``FCN_JAX_COMPILATION_CACHE`` is not set; a test that sets either for its subprocesses still wins.
 
 ``early_runs``: a module's subprocesses that depend on no other test start with the module's first test
-instead of in their own test, and run while the tests before theirs compile (XLA's compiler and Python's
-tracing leave one of two cores idle much of the time); their test then checks what they did.
+instead of in their own test, and run beside the tests before theirs (imports, tracing, the serial parts of
+XLA's compilation and single-process phases leave one of two cores idle part of the time); their test then
+checks what they did.
 """
 import os
 import subprocess

@@ -1,10 +1,9 @@
 """train.py end to end: interruption loses nothing, SIGTERM saves, multi-host training, learning happens.
 
 Every run is a real ``python train.py`` subprocess on the tiny shapes split. A persistent compilation
-cache shared by the subprocesses keeps the repeated runs fast: a run started after another compiled the
-programs they share loads them instead (the uninterrupted run below starts once the run to be killed has
-compiled). Runs that need no other run (the non-finite loss, the unreachable coordinator) start with the
-module, beside the kill test, whose single process at a time leaves the second core idle most of the time.
+cache shared by the subprocesses keeps the repeated runs fast. Runs that need no other run (the non-finite
+loss, the unreachable coordinator) start with the module (``early_runs``), beside the kill test, whose
+resumed runs keep one core busy at a time.
 """
 import contextlib
 import json
@@ -103,12 +102,12 @@ def test_kill_sigterm_and_resume_equal_uninterrupted(env):
     steps = 14
     straight = env["root"] / "straight"
     broken = env["root"] / "broken"
-    code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
-    assert code == -signal.SIGKILL, out[-2000:]
-    killed_at = max(saved_steps(broken))
-    assert killed_at < steps, "the run finished before it could be killed"
-    # the uninterrupted run, meanwhile: started now, it loads the programs the killed run compiled
-    with beside((tiny_args(env, straight, steps), env["env"])):
+    with beside((tiny_args(env, straight, steps), env["env"])):  # the uninterrupted run, meanwhile
+        code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGKILL, 0)
+        assert code == -signal.SIGKILL, out[-2000:]
+        killed_at = max(saved_steps(broken))
+        assert killed_at < steps, "the run finished before it could be killed"
+
         code, out = start_and_signal(tiny_args(env, broken, steps), env["env"], broken, signal.SIGTERM, killed_at)
         assert code == 128 + signal.SIGTERM, out[-2000:]  # saved, and the shell learns it was stopped
         assert f"resuming from step {killed_at}" in out
