@@ -83,3 +83,14 @@ def early_runs(request, tmp_path_factory):
     runs = EarlyRuns(request, str(tmp_path_factory.mktemp("early_runs")))
     yield runs
     runs.close()
+
+
+# The modules that take longest (``pytest --durations``) run first: with two workers (pyproject's addopts)
+# a long module left to the end would keep one worker busy while the other idles.
+LONGEST_FIRST = ("test_train_loop.py", "test_learning.py", "test_train_step.py", "test_fidelity.py",
+                 "test_tiling.py", "test_interrupts.py", "test_multimodal.py", "test_evaluate.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: module order kept
