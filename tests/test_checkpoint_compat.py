@@ -1,0 +1,67 @@
+"""Checkpoints written before the model contract (full variables, typed meta) still load and resume.
+
+``tests/fixtures/checkpoint_v0/workdir`` is a training workdir written on 2026-12-02 by the code of commit
+45460bf (``train.py --variant fcn16s --width 0.015625 --steps 4 --batch-size 2 --crop-size 32
+--eval-every 4 --checkpoint-every 2 --keep-checkpoints 2 --dataset shapes/tiny --eval-batch-size 4``; TensorBoard events and
+the learning-curve picture removed). ``expected.npz`` holds what that code computed from it: the logits of
+``fcn_jax.load_model`` at 'best' and 'latest' on a fixed image, and every leaf of the saved TrainState of
+step 4 by path. Those files are never rewritten: they are the old format.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import fcn_jax
+from fcn_jax import checkpoint, data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "checkpoint_v0")
+WORKDIR = os.path.join(FIXTURE, "workdir")
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(os.path.join(FIXTURE, "expected.npz")) as f:
+        return dict(f)
+
+
+@pytest.mark.parametrize("step", ["best", "latest"])
+def test_old_checkpoint_loads_and_computes_what_it_did(expected, step):
+    model, variables, info = fcn_jax.load_model(WORKDIR, step=step)
+    assert info.step == 4 and info.config.variant == "fcn16s" and info.config.num_classes == 7
+    assert info.class_names[:2] == ("background", "circle") and info.preprocessing == "torchvision"
+    assert set(variables) >= {"params"}
+    x = fcn_jax.preprocess(expected["image"], info.preprocessing)
+    np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected[f"logits_{step}"],
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_old_workdir_resumes_and_transfers(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    data.prepare("shapes/tiny", data_dir)
+    workdir = tmp_path / "workdir"
+    shutil.copytree(WORKDIR, workdir)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    common = ["--dataset", "shapes/tiny", "--data-dir", data_dir, "--eval-batch-size", "4", "--no-progress"]
+    res = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--variant", "fcn16s", "--width", "0.015625",
+                          "--workdir", str(workdir), "--steps", "6", "--batch-size", "2", "--crop-size", "32",
+                          "--eval-every", "6", "--checkpoint-every", "2", "--keep-checkpoints", "2", *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "resuming from step 4" in res.stdout
+    assert checkpoint.saved_steps(str(workdir / "checkpoints")) == [4, 6]
+    _, _, info = fcn_jax.load_model(str(workdir), step="latest")
+    assert info.step == 6
+    # --init from the old workdir into the next stage (fcn16s -> fcn8s): backbone and shared heads copied
+    res = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--variant", "fcn8s", "--width", "0.015625",
+                          "--workdir", str(tmp_path / "fine"), "--init", WORKDIR, "--steps", "1", "--batch-size", "2",
+                          "--crop-size", "32", "--eval-every", "100", "--num-classes", "7", *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "backbone (15 layers)" in res.stdout and "score_pool3 (zeros)" in res.stdout
