@@ -35,7 +35,8 @@ from jax.sharding import Mesh
 
 from fcn_jax import configs, parallel
 from fcn_jax.config import ModelConfig, TrainConfig
-from fcn_jax.models import INIT_SHAPE
+from fcn_jax.inference import forward
+from fcn_jax.models import input_shape, main_output
 from fcn_jax.train_lib import create_train_state, make_train_step
 
 MODES = ("train", "infer")
@@ -168,23 +169,32 @@ def synthetic_batch(cfg: BenchmarkConfig, mesh: Mesh) -> dict[str, jax.Array]:
             for k, v in batch.items()}
 
 
-def synthetic_params(model_config: ModelConfig, seed: int = 0) -> Any:
-    """Parameters of the network's shapes, drawn on the host: He-normal kernels, zero biases.
+def synthetic_variables(model_config: ModelConfig, seed: int = 0) -> dict[str, Any]:
+    """Variables of the network's shapes (every collection), drawn on the host: He-normal kernels, zero
+    biases, BatchNorm scales 1 and running statistics mean 0, variance 1.
 
     Their values do not change the cost of dense convolutions; drawing them with NumPy avoids
     compiling the model's initialiser (tens of seconds on a small CPU).
     """
     model = model_config.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(INIT_SHAPE)))["params"]
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape(model_config.variant))))
     rng = np.random.default_rng(seed)
 
     def draw(path: tuple[Any, ...], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
-        if getattr(path[-1], "key", None) == "bias":
+        name = getattr(path[-1], "key", None)
+        if name in ("bias", "mean") or getattr(path[0], "key", None) not in ("params", "batch_stats"):
             return np.zeros(leaf.shape, leaf.dtype)
+        if name in ("scale", "var") or leaf.ndim == 1:
+            return np.ones(leaf.shape, leaf.dtype)
         fan_in = math.prod(leaf.shape[:-1])
         return (rng.standard_normal(leaf.shape, np.float32) * math.sqrt(2.0 / fan_in)).astype(leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    return dict(jax.tree_util.tree_map_with_path(draw, dict(shapes)))
+
+
+def synthetic_params(model_config: ModelConfig, seed: int = 0) -> Any:
+    """The ``params`` of :func:`synthetic_variables` (what the PyTorch comparison copies)."""
+    return synthetic_variables(model_config, seed)["params"]
 
 
 def _compile(jitted: Any, *args: Any) -> tuple[jax.stages.Compiled, float]:
@@ -197,10 +207,10 @@ def train_workload(cfg: BenchmarkConfig, mesh: Mesh) -> Workload:
     """The training step of ``train.py`` (``make_train_step``) on a synthetic batch; each run updates
     the donated state in place, as in a training loop."""
     tcfg = cfg.train_config(cfg.batch_size * mesh.devices.size)
-    params = synthetic_params(tcfg.model, cfg.seed)
-    state = parallel.put_replicated(create_train_state(tcfg, tcfg.model.build(), params), mesh)
+    variables = synthetic_variables(tcfg.model, cfg.seed)
+    state = parallel.put_replicated(create_train_state(tcfg, tcfg.model.build(), variables), mesh)
     batch = synthetic_batch(cfg, mesh)
-    compiled, compile_s = _compile(make_train_step(tcfg, mesh), state, batch)
+    compiled, compile_s = _compile(make_train_step(tcfg, mesh, variables["params"]), state, batch)
     holder = {"state": state}
 
     def run() -> Any:
@@ -211,11 +221,14 @@ def train_workload(cfg: BenchmarkConfig, mesh: Mesh) -> Workload:
 
 
 def make_predict_step(model_config: ModelConfig, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jitted inference: (params replicated, images (B, H, W, 3) sharded) -> per-pixel argmax (B, H, W)."""
+    """Jitted inference: (variables replicated, images (B, H, W, 3) sharded) -> per-pixel argmax (B, H, W)
+    of the main output. ``variables``: every collection (a bare parameter tree is taken as the params)."""
     model = model_config.build()
+    output = main_output(model_config.variant, model_config.num_classes).name
 
-    def predict(params: Any, images: jax.Array) -> jax.Array:
-        return jnp.argmax(model.apply({"params": params}, images), axis=-1).astype(jnp.int32)
+    def predict(variables: Any, images: jax.Array) -> jax.Array:
+        logits = forward(model, variables, images)[output]
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     data = parallel.data_sharding(mesh)
     return jax.jit(predict, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
@@ -224,10 +237,10 @@ def make_predict_step(model_config: ModelConfig, mesh: Mesh) -> Callable[[Any, j
 def infer_workload(cfg: BenchmarkConfig, mesh: Mesh) -> Workload:
     """Inference (forward pass and argmax) on a synthetic batch."""
     model_config = cfg.model_config()
-    params = parallel.put_replicated(synthetic_params(model_config, cfg.seed), mesh)
+    variables = parallel.put_replicated(synthetic_variables(model_config, cfg.seed), mesh)
     images = synthetic_batch(cfg, mesh)["image"]
-    compiled, compile_s = _compile(make_predict_step(model_config, mesh), params, images)
-    return Workload(lambda: compiled(params, images), compiled, compile_s)
+    compiled, compile_s = _compile(make_predict_step(model_config, mesh), variables, images)
+    return Workload(lambda: compiled(variables, images), compiled, compile_s)
 
 
 # ------------------------------------------------------------------------------------------ measuring

@@ -3,11 +3,15 @@
 Two kinds of directories, one loader (:func:`load_model`):
 
 - A *model checkpoint* (written by ``python -m fcn_jax.convert`` and as ``WORKDIR/best`` by training):
-  an Orbax ``CheckpointManager`` directory whose steps hold ``variables`` (``{'params': ...}``) and
-  ``meta`` (JSON: model config, class names, preprocessing convention, provenance).
+  an Orbax ``CheckpointManager`` directory whose steps hold ``variables`` (every collection: ``params``
+  and e.g. ``batch_stats``) and ``meta`` (:class:`CheckpointMeta` as JSON: model config, class names,
+  preprocessing convention, provenance).
 - A *training workdir*: ``WORKDIR/checkpoints`` holds the latest K steps, each with ``state`` (the whole
-  TrainState), ``meta`` and ``data`` (the input iterator's position); ``WORKDIR/best`` is a model
-  checkpoint of the best step by validation mean IU.
+  TrainState, the model's non-parameter collections in ``model_state``), ``meta`` and ``data`` (the input
+  iterator's position); ``WORKDIR/best`` is a model checkpoint of the best step by validation mean IU.
+
+Checkpoints written before the meta carried a version (format 0: no ``version``, a TrainState without
+``model_state``) load and resume as they are (``tests/fixtures/checkpoint_v0``).
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash never
 leaves a checkpoint that looks whole.
@@ -15,15 +19,17 @@ leaves a checkpoint that looks whole.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from fcn_jax.config import ModelConfig, from_dict
+from fcn_jax.config import ModelConfig, from_dict, to_dict
+from fcn_jax.variables import join
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -71,27 +77,100 @@ def _local_target(item_dir: str) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
 
 
-def model_meta(model: ModelConfig, class_names: tuple[str, ...] | list[str], preprocessing: str,
-               **extra: Any) -> dict[str, Any]:
-    """The metadata stored with every checkpoint (``extra``: e.g. source, config, step, metrics)."""
-    from fcn_jax.config import to_dict
-    if len(class_names) != model.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model of {model.num_classes} classes")
-    return {"model": to_dict(model), "class_names": list(class_names), "preprocessing": preprocessing, **extra}
+META_VERSION = 1  # 0: before the version was recorded (same fields, TrainState without model_state)
 
 
-def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
-    """The :class:`ModelConfig` recorded in a checkpoint's metadata."""
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+    """The record stored beside every checkpoint's arrays (JSON), typed and versioned.
+
+    model: the network; class_names: one per class of the main output; preprocessing: the input convention;
+    step: the training step (None for converted weights); config: the training run's config (``{}`` if
+    none); metrics: the validation scores of a best checkpoint; colours: one RGB triple per class or None;
+    collections: the variable collections saved ('params', and e.g. 'batch_stats'); extra: anything else
+    recorded (source, source_format, preprocessing_from, ...); version: :data:`META_VERSION`.
+    """
+
+    model: ModelConfig
+    class_names: tuple[str, ...]
+    preprocessing: str
+    step: int | None = None
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: Mapping[str, float] | None = None
+    colours: tuple[tuple[int, int, int], ...] | None = None
+    collections: tuple[str, ...] = ("params",)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    version: int = META_VERSION
+
+    _FIELDS = ("model", "class_names", "preprocessing", "step", "config", "metrics", "colours", "collections",
+               "version")
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.model.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to disk (extra's keys at the top level, as format 0 had them)."""
+        record = {**dict(self.extra), "version": self.version, "model": to_dict(self.model),
+                  "class_names": list(self.class_names), "preprocessing": self.preprocessing,
+                  "collections": list(self.collections)}
+        if self.step is not None:
+            record["step"] = int(self.step)
+        if self.config:
+            record["config"] = dict(self.config)
+        if self.metrics is not None:
+            record["metrics"] = {k: float(v) for k, v in self.metrics.items()}
+        if self.colours is not None:
+            record["colours"] = [list(c) for c in self.colours]
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> CheckpointMeta:
+        """Reads format 0 or 1; ValueError (or KeyError / TypeError) for a record that is neither."""
+        version = int(record.get("version", 0))
+        if version > META_VERSION:
+            raise ValueError(f"checkpoint meta version {version} is newer than this fcn-jax reads ({META_VERSION})")
+        colours = record.get("colours")
+        step = record.get("step")
+        return cls(model=from_dict(ModelConfig, record["model"]), class_names=tuple(record["class_names"]),
+                   preprocessing=record["preprocessing"], step=None if step is None else int(step),
+                   config=dict(record.get("config") or {}), metrics=record.get("metrics"),
+                   colours=None if colours is None else tuple(tuple(int(v) for v in c) for c in colours),
+                   collections=tuple(record.get("collections", ("params",))),
+                   extra={k: v for k, v in record.items() if k not in cls._FIELDS}, version=version)
+
+    def replace(self, **changes: Any) -> CheckpointMeta:
+        """A copy with ``changes`` (dataclass fields) applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def model_meta(model: ModelConfig, class_names: tuple[str, ...] | list[str], preprocessing: str, *,
+               collections: tuple[str, ...] = ("params",), config: Mapping[str, Any] | None = None,
+               colours: Any = None, **extra: Any) -> CheckpointMeta:
+    """The :class:`CheckpointMeta` stored with every checkpoint (``extra``: e.g. source, source_format)."""
+    return CheckpointMeta(model=model, class_names=tuple(class_names), preprocessing=preprocessing,
+                          config=dict(config or {}), collections=tuple(collections),
+                          colours=None if colours is None else tuple(tuple(int(v) for v in c) for c in colours),
+                          extra=extra)
+
+
+def model_config_from_meta(meta: Mapping[str, Any]) -> ModelConfig:
+    """The :class:`ModelConfig` recorded in a checkpoint's (or a weights file's) metadata."""
     return from_dict(ModelConfig, meta["model"])
 
 
-def save_model(directory: str, variables: Any, meta: dict[str, Any], step: int = 0,
+def _json(meta: CheckpointMeta | Mapping[str, Any]) -> dict[str, Any]:
+    return meta.to_json() if isinstance(meta, CheckpointMeta) else dict(meta)
+
+
+def save_model(directory: str, variables: Any, meta: CheckpointMeta | Mapping[str, Any], step: int = 0,
                metrics: dict[str, float] | None = None, max_to_keep: int | None = None) -> None:
-    """Writes a model checkpoint (``variables`` = ``{'params': ...}`` plus JSON ``meta``), atomically."""
+    """Writes a model checkpoint (``variables``: every collection, plus ``meta`` as JSON), atomically."""
     mngr = _manager(directory, max_to_keep=max_to_keep, best=metrics is not None)
+    record = dict(_json(meta), collections=sorted(variables))
     try:
         mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
-                                                 meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+                                                 meta=ocp.args.JsonSave(record)), metrics=metrics, force=True)
         mngr.wait_until_finished()
     finally:
         mngr.close()
@@ -143,7 +222,9 @@ def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
 
 
 def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Loads ``({'params': ...}, meta)`` from a model checkpoint or a training workdir.
+    """Loads ``(variables, meta)`` from a model checkpoint or a training workdir: every collection saved
+    (``params``, and e.g. ``batch_stats``; a training step's ``model_state`` joined back in) and the JSON
+    record (:meth:`CheckpointMeta.from_json` reads it), with ``step`` filled in.
 
     Arrays come back on this process's first device, whatever devices or processes saved them.
     """
@@ -159,10 +240,24 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
                                   f"it is damaged: pick another --step") from None
         finally:
             mngr.close()
-    tree, meta = restored[kind], dict(restored["meta"])
+    tree, meta = dict(restored[kind]), dict(restored["meta"])
     meta.setdefault("step", found)
-    params = tree["params"]
-    return {"params": params}, meta
+    if kind == "state":  # a TrainState: its parameters and its model state (absent in format 0)
+        return join(tree["params"], tree.get("model_state") or {}), meta
+    return tree, meta
+
+
+def _state_target(abstract_state: Any, item_dir: str) -> tuple[Any, Callable[[Any], Any]]:
+    """(restore target, restored -> TrainState) for the saved TrainState in ``item_dir``: the abstract state
+    itself, or for format 0 (saved without ``model_state``) its other fields, the model state then empty."""
+    saved = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+    if "model_state" in saved or not hasattr(abstract_state, "model_state"):
+        return abstract_state, lambda state: state
+    if jax.tree.leaves(abstract_state.model_state):
+        raise CheckpointError(f"{item_dir}: saved without model state, but the model has "
+                              f"{', '.join(abstract_state.model_state)}")
+    fields = {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state}
+    return fields, lambda restored: abstract_state.replace(model_state={}, **restored)
 
 
 def _first_line(error: BaseException) -> str:
@@ -175,16 +270,18 @@ class TrainCheckpointer:
     """The training run's checkpoints: latest ``keep`` steps (async) plus the best by mean IU.
 
     ``save(step, state, meta, data_state)`` writes ``WORKDIR/checkpoints/<step>``;
-    ``save_best(step, params, meta, mean_iu)`` keeps ``WORKDIR/best`` at the best step so far;
+    ``save_best(step, variables, meta, metrics)`` keeps ``WORKDIR/best`` at the best step so far;
     ``restore(abstract_state)`` restores the latest step onto the shardings of ``abstract_state``
     (a tree of ``jax.ShapeDtypeStruct`` with ``sharding``), so the device count may differ from the
     one that saved.
     """
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.workdir = workdir
-        self._latest = _manager(os.path.join(workdir, CHECKPOINTS), max_to_keep=keep, async_save=async_save)
-        self._best = _manager(os.path.join(workdir, BEST), max_to_keep=1, best=True)
+        with _quiet():
+            self._latest = _manager(os.path.join(workdir, CHECKPOINTS), max_to_keep=keep, async_save=async_save,
+                                    read_only=read_only)
+            self._best = _manager(os.path.join(workdir, BEST), max_to_keep=1, best=True, read_only=read_only)
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None for a fresh workdir."""
@@ -195,20 +292,24 @@ class TrainCheckpointer:
         would resume from, read from disk rather than from this manager's records."""
         return max(saved_steps(str(self._latest.directory)), default=None)
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], data_state: dict[str, Any]) -> None:
+    def save(self, step: int, state: Any, meta: CheckpointMeta | Mapping[str, Any], data_state: dict[str, Any]) -> None:
         """Saves the whole train state asynchronously (returns once the arrays are copied off device)."""
         self._latest.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta, step=step)),
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(_json(meta), step=step)),
             data=ocp.args.JsonSave(data_state)), force=True)
 
-    def save_best(self, step: int, params: Any, meta: dict[str, Any], metrics: dict[str, float]) -> bool:
-        """Records ``params`` as ``WORKDIR/best`` if ``metrics['mean_iu']`` beats the best so far."""
+    def save_best(self, step: int, variables: Any, meta: CheckpointMeta | Mapping[str, Any],
+                  metrics: dict[str, float]) -> bool:
+        """Records ``variables`` (every collection) as ``WORKDIR/best`` if ``metrics['mean_iu']`` beats the
+        best so far."""
         best = self.best_metrics()
         if best is not None and best["mean_iu"] >= metrics["mean_iu"]:
             return False
+        variables = dict(variables)
+        record = dict(_json(meta), step=step, metrics={k: float(v) for k, v in metrics.items()},
+                      collections=sorted(variables))
         self._best.save(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardSave({"params": params}),
-            meta=ocp.args.JsonSave(dict(meta, step=step, metrics=metrics))),
+            variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(record)),
             metrics={k: float(v) for k, v in metrics.items()}, force=True)
         self._best.wait_until_finished()
         return True
@@ -221,12 +322,13 @@ class TrainCheckpointer:
         meta = self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         return meta.get("metrics")
 
-    def meta(self, step: int) -> dict[str, Any]:
-        """The JSON metadata saved with ``step`` (model, class names, training config), read without the
-        arrays; CheckpointError naming the step's directory if it cannot be read."""
+    def meta(self, step: int) -> CheckpointMeta:
+        """The :class:`CheckpointMeta` saved with ``step`` (model, class names, training config), read without
+        the arrays; CheckpointError naming the step's directory if it cannot be read."""
         try:
             with _quiet():
-                return dict(self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                record = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                return CheckpointMeta.from_json(record)
         except Exception as e:  # noqa: BLE001  (Orbax, JSON and file errors alike mean: unreadable)
             raise CheckpointError(f"{self._step_dir(step)}: cannot read its metadata "
                                   f"({_first_line(e)})") from None
@@ -235,8 +337,12 @@ class TrainCheckpointer:
         return os.path.join(str(self._latest.directory), str(step))
 
     def restore(self, abstract_state: Any, step: int | None = None,
-                warn: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                warn: Callable[[str], None] | None = None) -> tuple[Any, CheckpointMeta, dict[str, Any]]:
         """Restores (state, meta, data_state) of ``step``, by default the latest step that restores.
+
+        ``abstract_state``: a TrainState of ``jax.ShapeDtypeStruct`` with ``sharding`` (its ``model_state``
+        the model's non-parameter collections); a format-0 step (no ``model_state`` saved) restores into
+        it when the model has no such collections.
 
         Without ``step``, a damaged latest checkpoint (truncated or missing files, bad metadata) is moved
         aside to ``<step>.damaged`` (never deleted), reported through ``warn`` with the reason, and the
@@ -248,10 +354,12 @@ class TrainCheckpointer:
         for candidate in candidates:
             try:
                 with _quiet():
+                    target, rebuild = _state_target(abstract_state, os.path.join(self._step_dir(candidate), "state"))
                     restored = self._latest.restore(candidate, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore(),
                         data=ocp.args.JsonRestore()))
-                return restored["state"], dict(restored["meta"]), dict(restored["data"])
+                    meta = CheckpointMeta.from_json(restored["meta"])
+                return rebuild(restored["state"]), meta, dict(restored["data"])
             except Exception as e:  # noqa: BLE001  (any failure to read a step means it is damaged)
                 reason = _first_line(e)
                 if step is not None:

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import jax.numpy as jnp
 
-from fcn_jax.models import FCN, PADDINGS, VARIANTS
+from fcn_jax.models import FCN, PADDINGS, VARIANTS, resolve_inputs
 from fcn_jax.models.registry import validate as validate_model
-from fcn_jax.preprocess import CONVENTIONS, INPUTS, resolve_inputs
+from fcn_jax.preprocess import CONVENTIONS, INPUTS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FREEZE_CHOICES = ("none", "final", "all")

@@ -10,10 +10,10 @@ Library side of ``eval.py`` and of the training loop's periodic validation:
   buckets, label 255 in the padding and filler, so neither is ever counted) and sums the matrices
   on device. jit compiles the step once per distinct batch shape.
 
-A multi-head model (SIFT Flow: semantic and geometric) is scored head by head: one confusion matrix
-per head, against the labels of its batch key (``EvalBatch.labels``, :func:`fcn_jax.preprocess.head_targets`),
-each with the reference's metrics (``EvalResult.heads``); ``EvalResult.hist`` / ``scores`` are the first
-head's.
+Every evaluated output of the model (:class:`fcn_jax.models.Output`; SIFT Flow: semantic and geometric) is
+scored on its own: one confusion matrix per output, against the labels of its batch key (``EvalBatch.labels``),
+each with the reference's metrics (``EvalResult.heads``); ``EvalResult.hist`` / ``scores`` are the main
+output's. Training-only outputs (an auxiliary head) are not computed.
 
 The forward pass and its test-time augmentation are :func:`fcn_jax.inference.class_scores`. Mirroring
 is per image within its own width, so the padding of a bucketed batch stays on the right; scaling
@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -38,7 +38,9 @@ from tqdm import tqdm
 from fcn_jax.inference import class_scores
 from fcn_jax.metrics import ConfusionAccumulator, confusion_matrix, scores
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh, put_replicated, replicated
-from fcn_jax.preprocess import LABEL, SEGMENTATION, Target, head_targets
+from fcn_jax.models.outputs import LABEL, Output, evaluated
+from fcn_jax.models.registry import evaluated_outputs
+from fcn_jax.variables import as_variables
 
 if TYPE_CHECKING:
     from fcn_jax.data.pipeline import EvalBatch
@@ -49,63 +51,51 @@ if TYPE_CHECKING:
 # Sharded evaluation
 
 
-def model_targets(model: Any, num_classes: int) -> tuple[Target, ...]:
-    """The heads ``model`` is scored on (:func:`fcn_jax.preprocess.head_targets`); a model that names no
-    FCN variant has one head."""
+def model_outputs(model: Any, num_classes: int) -> tuple[Output, ...]:
+    """The outputs ``model`` is scored on (its evaluated :class:`~fcn_jax.models.Output` s); a module that
+    declares none names its variant's (a stand-in with a ``variant``), else has one, 'out', of
+    ``num_classes``."""
+    declared = getattr(model, "outputs", None)
+    if declared is not None:
+        return evaluated(tuple(declared))
     variant = getattr(model, "variant", None)
-    if variant is None:
-        return (Target("", LABEL, SEGMENTATION, int(num_classes)),)
-    return head_targets(variant, int(num_classes))
-
-
-def head_class_names(targets: Sequence[Target], class_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Class names per head: ``class_names`` for the first head, the dataset's own for the others (SIFT
-    Flow's geometric classes), else ``class_<i>``."""
-    out = {targets[0].head: tuple(class_names)}
-    for target in targets[1:]:
-        names: tuple[str, ...] | None = None
-        if target.field == "geometric":
-            from fcn_jax.data.sift_flow import GEOMETRIC_CLASSES
-            names = GEOMETRIC_CLASSES
-        if names is None or len(names) != target.num_classes:
-            names = tuple(f"class_{i}" for i in range(target.num_classes))
-        out[target.head] = tuple(names)
-    return out
+    if variant is not None:
+        return evaluated_outputs(variant, int(num_classes))
+    return (Output("out", int(num_classes)),)
 
 
 def make_eval_step(model: FCN, num_classes: int, mesh: Mesh | None = None, *, flip: bool = False,
                    scales: Sequence[float] = (1.0,)) -> Callable[..., tuple[Any, Any]]:
-    """The compiled evaluation step ``step(params, image, label, widths=None) -> (hist, preds)``.
+    """The compiled evaluation step ``step(variables, image, labels, widths=None) -> (hists, preds)``.
 
-    ``params``: parameter tree (or ``{'params': ...}``), replicated over ``mesh`` (place it once with
-    ``fcn_jax.parallel.put_replicated``, or every call copies it); ``image`` (B, H, W, C) float32
-    preprocessed, ``label`` (B, H, W) int (255 = void / padding) and ``widths`` (B,) int32 (true image
-    widths, only read when ``flip``) are sharded along B over the ``'data'`` axis (B a multiple of
-    the device count). Returns ``hist`` (n, n) int32 replicated and ``preds`` (B, H, W) int32 sharded.
-    A multi-head model takes ``label`` as ``{head: (B, H, W)}`` and returns ``{head: hist}`` and
-    ``{head: preds}`` (:func:`model_targets`). ``mesh`` defaults to all devices. Steps are cached, so
-    repeated calls (periodic validation) reuse the compiled program.
+    ``variables``: the model's variables (every collection; a bare parameter tree is taken as
+    ``{'params': tree}``), replicated over ``mesh`` (place them once with ``fcn_jax.parallel.put_replicated``,
+    or every call copies them); ``image`` (B, H, W, C) float32 preprocessed, ``labels`` {batch key: (B, H, W)
+    int} (255 = void / padding; a single array is the 'label' key) and ``widths`` (B,) int32 (true image
+    widths, only read when ``flip``) are sharded along B over the ``'data'`` axis (B a multiple of the
+    device count). Returns ``{output: hist}`` ((n, n) int32, replicated) and ``{output: preds}`` ((B, H, W)
+    int32, sharded) for every evaluated output (:func:`model_outputs`). ``mesh`` defaults to all devices.
+    Steps are cached, so repeated calls (periodic validation) reuse the compiled program.
     """
     mesh = make_mesh() if mesh is None else mesh
-    heads = tuple((t.head, t.num_classes) for t in model_targets(model, num_classes))
-    jitted = _compiled_step(model, heads, mesh, bool(flip), tuple(float(s) for s in scales))
+    outputs = tuple((o.name, o.batch_key, o.classes) for o in model_outputs(model, num_classes))
+    jitted = _compiled_step(model, outputs, mesh, bool(flip), tuple(float(s) for s in scales))
 
-    def step(params: Any, image: jax.Array, label: Any, widths: jax.Array | None = None) -> tuple[Any, Any]:
-        return jitted(params, image, label, widths if flip else None)
+    def step(variables: Any, image: jax.Array, labels: Any, widths: jax.Array | None = None) -> tuple[Any, Any]:
+        if not isinstance(labels, Mapping):
+            labels = {LABEL: labels}
+        return jitted(as_variables(variables), image, dict(labels), widths if flip else None)
 
     return step
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_step(model: FCN, heads: tuple[tuple[str, int], ...], mesh: Mesh, flip: bool,
+def _compiled_step(model: FCN, outputs: tuple[tuple[str, str, int], ...], mesh: Mesh, flip: bool,
                    scales: tuple[float, ...]):
-    def step(params, image, label, widths):
-        out = class_scores(model, params, image, flip=flip, scales=scales, widths=widths)
-        if len(heads) == 1:
-            preds = jnp.argmax(out, axis=-1).astype(jnp.int32)
-            return confusion_matrix(label, preds, heads[0][1]), preds
-        preds = {head: jnp.argmax(out[head], axis=-1).astype(jnp.int32) for head, _ in heads}
-        return {head: confusion_matrix(label[head], preds[head], n) for head, n in heads}, preds
+    def step(variables, image, labels, widths):
+        out = class_scores(model, variables, image, flip=flip, scales=scales, widths=widths)
+        preds = {name: jnp.argmax(out[name], axis=-1).astype(jnp.int32) for name, _, _ in outputs}
+        return {name: confusion_matrix(labels[key], preds[name], n) for name, key, n in outputs}, preds
 
     rep, data = replicated(mesh), data_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, data, data, data), out_shardings=(rep, data))
@@ -123,8 +113,8 @@ class HeadResult:
 class EvalResult:
     """What :func:`evaluate` measured: ``hist`` (n, n) int64 confusion matrix of the whole split,
     ``scores`` (see :func:`fcn_jax.metrics.scores`), the image count, and the wall time (compilation
-    included) and throughput. ``heads``: every head's :class:`HeadResult` by head key ('' for a
-    single-head model; 'sem', 'geo' for SIFT Flow); ``hist`` / ``scores`` are the first head's."""
+    included) and throughput. ``heads``: every evaluated output's :class:`HeadResult` by output name
+    ('out' for the VOC nets; 'sem', 'geo' for SIFT Flow); ``hist`` / ``scores`` are the main output's."""
 
     hist: np.ndarray
     scores: dict[str, Any]
@@ -152,31 +142,32 @@ def local_rows(x: Any) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
-def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes: int, *,
+def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_classes: int, *,
              mesh: Mesh | None = None, flip: bool = False, scales: Sequence[float] = (1.0,),
              on_batch: Callable[[EvalBatch, np.ndarray], bool | None] | None = None,
              progress: bool = True, total: int | None = None, desc: str = "eval",
              leave: bool = True) -> EvalResult:
-    """Evaluates ``model`` with ``params`` over ``batches`` and returns the reference's metrics.
+    """Evaluates ``model`` with ``variables`` (every collection; running statistics are used, nothing is
+    updated) over ``batches`` and returns the reference's metrics, one confusion matrix per evaluated output
+    (training-only outputs are not scored).
 
     ``batches``: ``EvalBatch`` objects (``image`` (B, H, W, C) float32 preprocessed, ``label``
-    (B, H, W) int with 255 in void, padding and filler, for a multi-head model ``labels`` {batch key:
-    (B, H, W)} of every head, ``sizes`` (B, 2), ``names``, ``indices`` (B,) with -1 for filler), this
-    process's rows of a global batch in multi-process runs. ``num_classes``: the (first) head's. B must
+    (B, H, W) int with 255 in void, padding and filler, ``labels`` {batch key: (B, H, W)} of every
+    output's labels (the 'label' key defaults to ``label``), ``sizes`` (B, 2), ``names``, ``indices`` (B,) with -1 for filler), this
+    process's rows of a global batch in multi-process runs. ``num_classes``: the model's. B must
     be a multiple of the device count of ``mesh`` (default: all devices). The confusion matrices stay on
     device until the end. ``on_batch(batch, preds)`` is called on the host after each batch with this
-    process's predictions (B, H, W) int32, the first head's (e.g. to save pictures); once it returns
+    process's predictions (B, H, W) int32 of the main output (e.g. to save pictures); once it returns
     False it is not called again and predictions are no longer copied to the host. ``progress`` shows a
     tqdm bar in images/s (``total`` = expected image count, optional) titled ``desc``, cleared at the end
     unless ``leave`` (validation inside training clears its bar and logs one line instead).
     """
     mesh = make_mesh() if mesh is None else mesh
     step = make_eval_step(model, num_classes, mesh, flip=flip, scales=scales)
-    targets = model_targets(model, num_classes)
-    multi = len(targets) > 1
-    params = put_replicated(params, mesh)
+    outputs = model_outputs(model, num_classes)
+    variables = put_replicated(as_variables(variables), mesh)
     sharding = data_sharding(mesh)
-    accumulators = {t.head: ConfusionAccumulator(t.num_classes) for t in targets}
+    accumulators = {o.name: ConfusionAccumulator(o.classes) for o in outputs}
     count = 0
     start = time.perf_counter()
     with tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, leave=leave,
@@ -186,21 +177,18 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
             check_batch_size(int(rows), mesh, flag="batch size")
             image = _global(batch.image, sharding)
             widths = _global(np.asarray(batch.sizes)[:, 1].astype(np.int32), sharding) if flip else None
-            if multi:
-                given = getattr(batch, "labels", None) or {}
-                missing = [t.batch_key for t in targets if t.batch_key not in given]
-                if missing:
-                    raise ValueError(f"{model.variant} is scored on {', '.join(t.head for t in targets)} but the "
-                                     f"batches have no {', '.join(missing)} labels (eval_batches(labels=...))")
-                label = {t.head: _global(given[t.batch_key], sharding) for t in targets}
-                hists, preds = step(params, image, label, widths)
-                for t in targets:
-                    accumulators[t.head].add(hists[t.head], label[t.head].size)
-                preds = preds[targets[0].head]
-            else:
-                label = _global(batch.label, sharding)
-                hist, preds = step(params, image, label, widths)
-                accumulators[targets[0].head].add(hist, label.size)
+            given = dict(getattr(batch, "labels", None) or {})
+            given.setdefault(LABEL, batch.label)
+            missing = sorted({o.batch_key for o in outputs if given.get(o.batch_key) is None})
+            if missing:
+                raise ValueError(f"{getattr(model, 'variant', 'the model')} is scored on "
+                                 f"{', '.join(o.name for o in outputs)} but the batches have no "
+                                 f"{', '.join(missing)} labels (eval_batches(labels=...))")
+            labels = {key: _global(given[key], sharding) for key in {o.batch_key for o in outputs}}
+            hists, preds = step(variables, image, labels, widths)
+            for o in outputs:
+                accumulators[o.name].add(hists[o.name], labels[o.batch_key].size)
+            preds = preds[outputs[0].name]
             real = int((np.asarray(batch.indices) >= 0).sum())
             count += real
             if on_batch is not None and on_batch(batch, local_rows(preds)) is False:
@@ -212,6 +200,6 @@ def evaluate(model: FCN, params: Any, batches: Iterable[EvalBatch], num_classes:
         from jax.experimental import multihost_utils
         count = int(np.sum(multihost_utils.process_allgather(np.int64(count))))
     seconds = time.perf_counter() - start
-    first = heads[targets[0].head]
+    first = heads[outputs[0].name]
     return EvalResult(hist=first.hist, scores=first.scores, num_images=count, seconds=seconds,
                       images_per_s=count / seconds if seconds > 0 else math.nan, heads=heads)

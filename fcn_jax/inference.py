@@ -43,8 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.images import load_image
-from fcn_jax.loading import as_variables, load
+from fcn_jax.loading import load
+from fcn_jax.models.registry import main_output, require
 from fcn_jax.preprocess import check_convention, preprocess
+from fcn_jax.variables import as_variables
 
 
 # ---------------------------------------------------------------------------------- the forward pass
@@ -75,19 +77,28 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
-def class_scores(model: Any, params: Any, x: jax.Array, *, flip: bool = False,
-                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None) -> Any:
-    """Per-class scores (B, H, W, C) float32 of preprocessed inputs ``x`` (B, H, W, C_in); argmax = prediction.
+def forward(model: Any, variables: Any, x: jax.Array) -> dict[str, jax.Array]:
+    """``model.apply`` in inference mode as ``{output name: logits (B, H, W, C)}`` (the evaluated outputs),
+    whatever the model returns for a single output. ``variables``: every collection (a bare parameter tree
+    is taken as ``{'params': tree}``)."""
+    variables = as_variables(variables)
+    if getattr(model, "outputs", None) is not None:  # an FCN: its outputs by name
+        return dict(model.apply(variables, x, return_dict=True))
+    out = model.apply(variables, x)
+    return dict(out) if isinstance(out, Mapping) else {"out": out}
 
-    A multi-head model (SIFT Flow) gives ``{head: (B, H, W, C_head)}``, each head treated alike.
-    ``params``: a parameter tree or ``{'params': ...}``. One pass: the logits. Test-time augmentation:
-    the softmax probabilities averaged over every scale (and its mirror image with ``flip``).
-    ``widths`` (B,): each image's true width inside a padded batch (only used to mirror; None mirrors
-    the whole width).
+
+def class_scores(model: Any, variables: Any, x: jax.Array, *, flip: bool = False,
+                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per-class scores ``{output: (B, H, W, C) float32}`` of preprocessed inputs ``x`` (B, H, W, C_in), for
+    every evaluated output (:func:`forward`); argmax = prediction.
+
+    One pass: the logits. Test-time augmentation: the softmax probabilities averaged over every scale
+    (and its mirror image with ``flip``). ``widths`` (B,): each image's true width inside a padded batch
+    (only used to mirror; None mirrors the whole width).
     """
-    variables = as_variables(params)
     if is_single_pass(flip, scales):
-        return model.apply(variables, x)
+        return forward(model, variables, x)
     scales = check_scales(scales)
     batch, height, width, _ = x.shape
     total = None
@@ -103,26 +114,9 @@ def class_scores(model: Any, params: Any, x: jax.Array, *, flip: bool = False,
                     logits = jax.image.resize(logits, (batch, height, width, logits.shape[3]), "bilinear")
                 return jax.nn.softmax(logits, axis=-1)
 
-            probs = jax.tree.map(probabilities, model.apply(variables, mirror(xs, ws) if mirrored else xs))
+            probs = jax.tree.map(probabilities, forward(model, variables, mirror(xs, ws) if mirrored else xs))
             total = probs if total is None else jax.tree.map(jnp.add, total, probs)
     return jax.tree.map(lambda t: t / (len(scales) * (2 if flip else 1)), total)
-
-
-def check_rgb_model(model: Any) -> None:
-    """Raises a one-line ValueError unless ``model`` takes an RGB image and has one output (what
-    :class:`Inference` and ``predict.py`` run); SIFT Flow's two heads and NYUD's depth / HHA inputs are
-    evaluated with ``eval.py``."""
-    variant = getattr(model, "variant", None)
-    if variant is None:
-        return
-    from fcn_jax.models.registry import get_variant
-    spec = get_variant(variant)
-    if spec.multi_head:
-        raise ValueError(f"{variant} has {len(spec.heads)} output heads ({', '.join(h.key for h in spec.heads)}); "
-                         f"Inference / predict.py run single-head RGB models only: evaluate it with eval.py")
-    if spec.in_channels != 3:
-        raise ValueError(f"{variant} takes {spec.inputs}, not an RGB image; Inference / predict.py run RGB models "
-                         f"only: evaluate it with eval.py")
 
 
 # ------------------------------------------------------------------------------ sliding windows
@@ -182,8 +176,8 @@ class Inference:
     Single-head models on RGB input only (ValueError naming the variant otherwise: SIFT Flow's two heads
     and NYUD's depth / HHA inputs are for ``eval.py``).
 
-    ``model``: the linen module (e.g. from :func:`fcn_jax.load_model`); ``variables``: its variables
-    (or bare params); ``preprocessing``: the convention the weights expect; ``class_names``: optional,
+    ``model``: the linen module (e.g. from :func:`fcn_jax.load_model`); ``variables``: its variables,
+    every collection (or bare params); ``preprocessing``: the convention the weights expect; ``class_names``: optional,
     for the caller's use; ``flip`` / ``scales``: test-time augmentation. One program is compiled per
     image size (per window size for tiled images).
 
@@ -198,7 +192,11 @@ class Inference:
                  colours: Sequence[Sequence[int]] | None = None, tile: int | None = None,
                  overlap: float = 1 / 3, max_side: int | None = None):
         self.tile, self.overlap, self.max_side = check_tiling(tile, overlap, max_side)
-        check_rgb_model(model)
+        if getattr(model, "variant", None) is not None:  # what this class runs: one output, an RGB image
+            require(model.variant, rgb=True, single_output=True, tool="Inference / predict.py")
+            self.output = main_output(model.variant, model.num_classes).name
+        else:
+            self.output = "out"
         self.model, self.preprocessing = model, check_convention(preprocessing)
         self.class_names = None if class_names is None else tuple(class_names)
         self.colours = None if colours is None else tuple(tuple(int(v) for v in c) for c in colours)
@@ -208,7 +206,7 @@ class Inference:
 
         def scores(variables: Any, image: jax.Array) -> jax.Array:
             return class_scores(model, variables, preprocess(image[None], self.preprocessing), flip=self.flip,
-                                scales=self.scales)[0]
+                                scales=self.scales)[self.output][0]
 
         def run(variables: Any, image: jax.Array, probabilities: bool) -> tuple[jax.Array, jax.Array | None]:
             out = scores(variables, image)

@@ -8,22 +8,27 @@ Paths it takes, told apart by what is on disk:
   :mod:`fcn_jax.weights`, whose ``load()`` hook reads them).
 
 :func:`load` is what ``eval.py``, ``predict.py``, ``python -m fcn_jax.convert`` and
-:func:`fcn_jax.load_model` use; :func:`init_params` is training's ``--init`` (copy what fits into a new
-model, as the reference's staged training and fine-tuning need). Errors are ValueErrors naming the path.
+:func:`fcn_jax.load_model` use; :func:`init_variables` is training's ``--init`` (copy what fits into a new
+model, as the reference's staged training and fine-tuning need: big_vision's ``merge_params`` with regular
+expressions for what not to load). Variables are every collection (``params`` and e.g. ``batch_stats``)
+throughout. Errors are ValueErrors naming the path.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flax import traverse_util
 
 from fcn_jax import checkpoint, weights
+from fcn_jax.classes import default_class_names
 from fcn_jax.config import ModelConfig, check_dtype
 from fcn_jax.preprocess import check_convention
+from fcn_jax.variables import PARAMS, as_variables
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +63,6 @@ class ModelInfo:
         """The training run's config as recorded (``{}`` for converted or foreign weights)."""
         config = self.meta.get("config")
         return config if isinstance(config, Mapping) else {}
-
-
-def default_class_names(num_classes: int) -> tuple[str, ...]:
-    """Class names for weights that record none: PASCAL VOC's for 21 classes, else 'class_<i>'."""
-    if num_classes == 21:
-        from fcn_jax.data.voc import VOC_CLASSES
-        return tuple(VOC_CLASSES)
-    return tuple(f"class_{i}" for i in range(num_classes))
-
-
-def as_variables(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A parameter tree or a variables dict ``{'params': ...}`` -> the variables dict."""
-    return dict(tree) if set(tree) == {"params"} else {"params": tree}
 
 
 def _read_checkpoint(path: str, step: str | int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -116,7 +108,7 @@ def _info(path: str, meta: dict[str, Any], dtype: str | None) -> ModelInfo:
 def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | None = None,
          num_classes: int | None = None, width: float | None = None, convention: str | None = None,
          dtype: str | None = None) -> tuple[dict[str, Any], ModelInfo]:
-    """Loads ``path`` (see the module docstring) -> (variables ``{'params': ...}``, :class:`ModelInfo`).
+    """Loads ``path`` (see the module docstring) -> (variables, every collection, :class:`ModelInfo`).
 
     ``variant``, ``num_classes``, ``width`` and ``convention`` state what the caller expects: a source
     that records them (checkpoints; pytorch-fcn files record variant and classes) must agree, and a
@@ -129,48 +121,64 @@ def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | No
         _check_requested(path, meta, {"variant": variant, "num_classes": num_classes, "width": width,
                                       "preprocessing": convention})
     elif os.path.isfile(path) or os.path.splitext(path)[1].lower() in weights.SUFFIXES:
-        params, meta = weights.load(path, variant, num_classes, width=1.0 if width is None else width,
-                                    convention=convention)
-        variables = {"params": params}
+        variables, meta = weights.load(path, variant, num_classes, width=1.0 if width is None else width,
+                                       convention=convention)
     else:
         raise LoadError(f"{path}: no such file or directory")
     return variables, _info(path, meta, dtype)
 
 
-def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *,
-             keep: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
-    """Copies every array of ``source`` whose path and shape exist in ``target`` (parameter trees),
-    except the top-level layers named in ``keep``.
+def _collection_path(path: tuple[str, ...]) -> str:
+    """'backbone/conv1_1/kernel' for a parameter, 'batch_stats/backbone/bn1/mean' for another collection."""
+    return "/".join(path[1:] if path[0] == PARAMS else path)
 
-    Returns the new tree (dtypes of ``target``) and the paths ('a/b/kernel') kept at ``target``'s
-    values: new skip layers, score layers for another class count, ``keep``. Raises
-    :class:`LoadError` unless the backbones match, since nothing else makes a useful start.
+
+def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *, keep: Sequence[str] = (),
+             dont_load: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Copies every array of ``source`` whose path and shape exist in ``target``, except the top-level layers
+    named in ``keep`` and the arrays whose path inside its collection ('backbone/conv1_1/kernel') fully
+    matches a regular expression of ``dont_load`` (big_vision's ``merge_params``).
+
+    ``target`` / ``source``: variables (every collection) or bare parameter trees. Returns the new tree
+    (dtypes of ``target``, bare if ``target`` was) and the paths kept at ``target``'s values ('a/b/kernel'
+    for parameters, 'batch_stats/a/b/mean' for other collections): new skip layers, score layers for another
+    class count, ``keep``, ``dont_load``. Raises :class:`LoadError` unless the backbones match, since
+    nothing else makes a useful start.
     """
-    tflat, sflat = traverse_util.flatten_dict(dict(target)), traverse_util.flatten_dict(dict(source))
-    fits = {p: p[0] not in keep and p in sflat and tuple(sflat[p].shape) == tuple(v.shape) for p, v in tflat.items()}
-    bad = [f"{'/'.join(p)} {'missing' if p not in sflat else f'has shape {tuple(sflat[p].shape)}'}"
-           f" (target {tuple(v.shape)})" for p, v in tflat.items() if p[0] == "backbone" and not fits[p]]
+    bare = PARAMS not in target
+    patterns = [re.compile(p) for p in dont_load]
+    tflat = traverse_util.flatten_dict(as_variables(target))
+    sflat = traverse_util.flatten_dict(as_variables(source))
+    skipped = {p for p in tflat if any(r.fullmatch("/".join(p[1:])) for r in patterns)}
+    fits = {p: p[1] not in keep and p not in skipped and p in sflat and tuple(sflat[p].shape) == tuple(v.shape)
+            for p, v in tflat.items()}
+    bad = [f"{_collection_path(p)} {'missing' if p not in sflat else f'has shape {tuple(sflat[p].shape)}'}"
+           f" (target {tuple(v.shape)})" for p, v in tflat.items()
+           if p[1] == "backbone" and not fits[p] and p not in skipped]
     if bad:
         raise LoadError(f"source params do not match the target's backbone: {'; '.join(bad)}")
     out = {p: (sflat[p] if sflat[p].dtype == v.dtype else sflat[p].astype(v.dtype)) if fits[p] else v
            for p, v in tflat.items()}
-    kept = ["/".join(p) for p in tflat if not fits[p]]
-    unused = ["/".join(p) for p in sflat if p not in tflat]
+    kept = [_collection_path(p) for p in tflat if not fits[p]]
+    unused = [_collection_path(p) for p in sflat if p not in tflat]
     log.info("init: copied %d arrays; kept at init: %s; unused from source: %s",
              len(tflat) - len(kept), ", ".join(kept) or "none", ", ".join(unused) or "none")
-    return traverse_util.unflatten_dict(out), kept
+    new = traverse_util.unflatten_dict(out)
+    return (new[PARAMS] if bare else new), kept
 
 
-def describe_transfer(target: ModelConfig, params: Mapping[str, Any], kept: Sequence[str],
+def describe_transfer(target: ModelConfig, variables: Mapping[str, Any], kept: Sequence[str],
                       keep: Sequence[str] = ()) -> str:
-    """One line per outcome of :func:`transfer` into a ``target`` model with parameter tree ``params``:
-    the layers copied and the layers left at their initialisation, with what that is (score layers:
-    zeros, as the reference initialises new score layers; upsamplers: bilinear)."""
+    """One line per outcome of :func:`transfer` into a ``target`` model with variables (or parameters)
+    ``variables``: the layers copied and the layers left at their initialisation, with what that is (score
+    layers: zeros, as the reference initialises new score layers; upsamplers: bilinear). A layer counts as
+    copied when all its arrays, in every collection, were."""
     from fcn_jax.models import upsampler_names
     layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr') -> copied entirely
-    for path in traverse_util.flatten_dict(dict(params)):
-        layer = "/".join(path[:2] if path[0].startswith("backbone") else path[:1])
-        layers[layer] = layers.get(layer, True) and "/".join(path) not in kept
+    for path in traverse_util.flatten_dict(as_variables(variables)):
+        inner = path[1:]
+        layer = "/".join(inner[:2] if inner[0].startswith("backbone") else inner[:1])
+        layers[layer] = layers.get(layer, True) and _collection_path(path) not in kept
     copied = [name for name, ok in layers.items() if ok]
     backbones: dict[str, int] = {}  # 'backbone' (or a late-fusion stream's 'backbone_color') -> layers copied
     for name in copied:
@@ -211,64 +219,65 @@ def stream_sources(target: ModelConfig, init: str) -> dict[str, str]:
     return found
 
 
-def _init_streams(target: ModelConfig, params: Mapping[str, Any], streams: Mapping[str, str], *,
-                  step: str | int, keep: Sequence[str], report: Callable[[str], None] | None
-                  ) -> tuple[dict[str, Any], ModelInfo]:
+def _init_streams(target: ModelConfig, variables: Mapping[str, Any], streams: Mapping[str, str], *,
+                  step: str | int, keep: Sequence[str], dont_load: Sequence[str],
+                  report: Callable[[str], None] | None) -> tuple[dict[str, Any], ModelInfo]:
     """Late fusion's ``--init``: each stream's backbone and ``score_fr`` from its own single-stream FCN
-    (``backbone`` -> ``backbone_<stream>``, ``score_fr`` -> ``score_fr<stream>``); the shared upsampler keeps
-    ``params``' value (bilinear). Returns (params, the first source's info)."""
-    source: dict[str, Any] = {}
+    (``backbone`` -> ``backbone_<stream>``, ``score_fr`` -> ``score_fr<stream>``, in every collection); the
+    shared upsampler keeps ``variables``' value (bilinear). Returns (variables, the first source's info)."""
+    source: dict[str, dict[str, Any]] = {}
     infos = []
     for suffix, path in streams.items():
         if os.path.isfile(path):  # the stream's own net is the single-input FCN-32s
-            tree, meta = weights.load(path, width=target.width, default_variant="fcn32s",
-                                      default_classes=target.num_classes)
+            loaded, meta = weights.load(path, width=target.width, default_variant="fcn32s",
+                                        default_classes=target.num_classes)
             info = _info(path, meta, None)
         else:
-            variables, info = load(path, step=step, width=target.width)
-            tree = variables["params"]
+            loaded, info = load(path, step=step, width=target.width)
         infos.append(info)
-        if "backbone" in tree:
-            source[f"backbone_{suffix}"] = tree["backbone"]
-        if "score_fr" in tree:
-            source[f"score_fr{suffix}"] = tree["score_fr"]
-    new, kept = transfer(params, source, keep=keep)
+        for collection, tree in as_variables(loaded).items():
+            renamed = source.setdefault(collection, {})
+            if "backbone" in tree:
+                renamed[f"backbone_{suffix}"] = tree["backbone"]
+            if "score_fr" in tree:
+                renamed[f"score_fr{suffix}"] = tree["score_fr"]
+    new, kept = transfer(variables, source, keep=keep, dont_load=dont_load)
     if report is not None:
         report(f"init from {', '.join(f'{k}={v}' for k, v in streams.items())}:\n"
-               + describe_transfer(target, params, kept, keep))
+               + describe_transfer(target, variables, kept, keep))
     return new, infos[0]
 
 
-def init_params(target: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
-                step: str | int = "latest", keep: Sequence[str] = (),
-                report: Callable[[str], None] | None = None) -> tuple[dict[str, Any], ModelInfo]:
-    """Training's ``--init``: ``params`` (the new model's initial tree) with every layer of ``path``
-    that fits copied in (see :func:`transfer`).
+def init_variables(target: ModelConfig, variables: Mapping[str, Any], path: str | os.PathLike, *,
+                   step: str | int = "latest", keep: Sequence[str] = (), dont_load: Sequence[str] = (),
+                   report: Callable[[str], None] | None = None) -> tuple[dict[str, Any], ModelInfo]:
+    """Training's ``--init``: ``variables`` (the new model's initial variables, every collection, or a bare
+    parameter tree) with every array of ``path`` that fits copied in (see :func:`transfer`).
 
     ``path`` is anything :func:`load` takes: ImageNet VGG16 weights (the backbone; the heads keep
     their initialisation), an earlier stage (fcn32s -> fcn16s -> fcn8s: backbone, ``score_fr``,
     ``upscore2``), or an FCN with another class count (fine-tuning: score layers start afresh).
     A training workdir is read at ``step`` ('latest' by default). Layers named in ``keep`` stay at
-    ``params``' values: the reference's solve.py re-fills every fixed upsampler with the bilinear kernel
-    after copying. ``report`` (e.g. ``print``) receives :func:`describe_transfer`'s lines, prefixed by the
-    source. Returns (params, source info).
+    ``variables``' values: the reference's solve.py re-fills every fixed upsampler with the bilinear kernel
+    after copying; so do arrays matching a ``dont_load`` regular expression. ``report`` (e.g. ``print``)
+    receives :func:`describe_transfer`'s lines, prefixed by the source. Returns (variables in the form
+    given, source info).
     """
     path = os.fspath(path)
     streams = stream_sources(target, path)
     if streams:
-        return _init_streams(target, params, streams, step=step, keep=keep, report=report)
+        return _init_streams(target, variables, streams, step=step, keep=keep, dont_load=dont_load, report=report)
     if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
         source, meta = weights.load(path, width=target.width, default_variant=target.variant,
                                     default_classes=target.num_classes)
         info = _info(path, meta, None)
     else:
-        variables, info = load(path, step=step, width=target.width)
-        source = variables["params"]
-    new, kept = transfer(params, source, keep=keep)
+        source, info = load(path, step=step, width=target.width)
+    new, kept = transfer(variables, source, keep=keep, dont_load=dont_load)
     if report is not None:
         what = (f"{info.config.variant}, {info.config.num_classes} classes"
                 + ("" if info.step is None else f", step {info.step}")
                 if info.meta.get("format") in (CHECKPOINT_FORMAT, weights.FCN_FORMAT) else info.meta.get("format"))
         report(f"init from {path} ({what}):\n"
-               + describe_transfer(target, params, kept, keep))
+               + describe_transfer(target, variables, kept, keep))
     return new, info

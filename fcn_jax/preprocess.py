@@ -1,4 +1,4 @@
-"""Input conventions: how an example's uint8 fields become the network's float input; targets; the void label.
+"""Input conventions: how an example's uint8 fields become the network's float input; the void label.
 
 Colour conventions (``convention``; the one a set of weights was trained with travels with those
 weights: converted files and checkpoints record it; nothing here guesses):
@@ -24,11 +24,8 @@ NYUD's other modalities (nyud_layers.py), whatever the colour convention:
 Network inputs (``inputs``, :data:`INPUTS`): which example fields form the input, concatenated in
 channel order (:func:`compose`): ``image`` (3), ``hha`` (3), ``image+depth`` (4: BGR then log depth, Caffe's
 ``Concat(color, depth)`` of nyud-fcn32s-color-d), ``image+hha`` (6: colour then HHA, the late-fusion
-nyud-fcn32s-color-hha's two streams). :func:`resolve_inputs` checks them against a variant's input channels.
-
-Targets (:func:`head_targets`): which example field each output head learns from and the batch key
-carrying it: the first head ``label`` (from ``segmentation``), any other ``label_<head>`` (SIFT Flow's
-geometric head: ``label_geo`` from ``geometric``).
+nyud-fcn32s-color-hha's two streams). :func:`fcn_jax.models.resolve_inputs` checks them against a variant's
+input channels. What each output learns from is the model's (:class:`fcn_jax.models.Output`).
 
 In every convention the mean maps to (about) zero, so padding a *preprocessed* input with 0 is
 padding with the mean, as Caffe's zero padding of a mean-subtracted input is.
@@ -36,7 +33,7 @@ padding with the mean, as Caffe's zero padding of a mean-subtracted input is.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -69,10 +66,6 @@ DATASET_CONVENTIONS: Mapping[str, str] = {"voc_segmentation": CAFFE, "pascal_con
 IMAGE, HHA, DEPTH = "image", "hha", "depth"
 INPUTS = (IMAGE, HHA, "image+depth", "image+hha")
 FIELD_CHANNELS: Mapping[str, int] = {IMAGE: 3, HHA: 3, DEPTH: 1}
-_INPUTS_OF_CHANNELS = {3: IMAGE, 4: "image+depth", 6: "image+hha"}
-LABEL = "label"  # the batch key of the first head's labels
-SEGMENTATION = "segmentation"  # the example field of the first head's labels
-LABEL_FIELDS: Mapping[str, str] = {"sem": SEGMENTATION, "geo": "geometric"}  # head key -> example field
 
 
 def check_convention(convention: str) -> str:
@@ -154,19 +147,6 @@ def input_channels(inputs: str) -> int:
     return sum(FIELD_CHANNELS[f] for f in input_fields(inputs))
 
 
-def resolve_inputs(inputs: str | None, variant: str) -> str:
-    """``inputs``, or for None the default of ``variant`` (3 channels 'image', 4 'image+depth', 6 'image+hha');
-    raises a one-line ValueError naming ``--inputs`` if the channel counts differ."""
-    from fcn_jax.models.registry import get_variant
-    spec = get_variant(variant)
-    if inputs is None:
-        return _INPUTS_OF_CHANNELS[spec.in_channels]
-    if input_channels(inputs) != spec.in_channels:
-        raise ValueError(f"--inputs {inputs} makes {input_channels(inputs)} input channels but {variant} takes "
-                         f"{spec.in_channels} ({spec.inputs}); use --inputs {_INPUTS_OF_CHANNELS[spec.in_channels]}")
-    return inputs
-
-
 def compose(fields: Mapping[str, Any], inputs: str = IMAGE, convention: str = CAFFE) -> Any:
     """Example fields -> float32 network input (..., H, W, C), C = :func:`input_channels`.
 
@@ -201,31 +181,3 @@ def display_image(x: Any, convention: str = CAFFE, inputs: str = IMAGE) -> np.nd
     if input_fields(inputs)[0] == IMAGE:
         return deprocess(x[..., :3], convention)
     return np.clip(np.rint(x[..., :3] + np.asarray(MEAN_HHA, np.float32)), 0, 255).astype(np.uint8)
-
-
-class Target(NamedTuple):
-    """What one output head learns: its key in a multi-head model's output ('' for a single head), the batch
-    key of its labels, the example field they come from, and its number of classes."""
-
-    head: str
-    batch_key: str
-    field: str
-    num_classes: int
-
-
-def head_targets(variant: str, num_classes: int) -> tuple[Target, ...]:
-    """The targets of ``variant``'s heads, first head first: a single head ('', 'label', 'segmentation',
-    num_classes); SIFT Flow's ('sem', 'label', 'segmentation', num_classes), ('geo', 'label_geo',
-    'geometric', 3)."""
-    from fcn_jax.models.registry import get_variant
-    spec = get_variant(variant)
-    if not spec.multi_head:
-        return (Target("", LABEL, SEGMENTATION, num_classes),)
-    targets = []
-    for i, head in enumerate(spec.heads):
-        if head.key not in LABEL_FIELDS:
-            raise ValueError(f"{variant}: no example field is known for head {head.key!r}; known: "
-                             f"{', '.join(LABEL_FIELDS)}")
-        targets.append(Target(head.key, LABEL if i == 0 else f"{LABEL}_{head.key}", LABEL_FIELDS[head.key],
-                              head.classes or num_classes))
-    return tuple(targets)

@@ -16,7 +16,8 @@ raises no other class's IU. (score.py never meets one, its predictions being an 
 would add such a pixel to another class's cell, or fail for the last class.) The counting is int64
 NumPy on the host, so any number of pixels counts exactly.
 
-Nothing is run on import; ``python -m fcn_jax.score`` runs the command line tool.
+Nothing is run on import, and this module never imports the command line tool (which imports it);
+``python -m fcn_jax.score`` runs the tool, imported only then.
 """
 from __future__ import annotations
 
@@ -194,6 +195,6 @@ def score_dirs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_class
     return result
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m fcn_jax.score: the tool, imported here only (it imports this module)
     from fcn_jax.cli.score import main
     sys.exit(main())

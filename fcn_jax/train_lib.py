@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,15 +21,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training.train_state import TrainState
+from flax import struct
+from flax.training import train_state
 from jax.sharding import Mesh
 
 from fcn_jax import checkpoint as ckpt_lib
+from fcn_jax.io import write_json
 from fcn_jax import parallel
 from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, to_dict
-from fcn_jax.models import final_upsampler_names, initial_variables, upsampler_names
-from fcn_jax.preprocess import Target, convention_family, display_image, head_targets, resolve_inputs
+from fcn_jax.models import final_upsampler_names, initial_variables, resolve_inputs, upsampler_names
+from fcn_jax.models import outputs as model_outputs
+from fcn_jax.models.outputs import SEGMENTATION, Output, evaluated, label_fields
+from fcn_jax.preprocess import convention_family, display_image
 from fcn_jax.runlog import RunLog
+from fcn_jax.variables import PARAMS, as_variables, join, model_state
 
 
 class TrainingError(RuntimeError):
@@ -54,8 +60,8 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
 
 
 def all_finite(tree: Any) -> jax.Array:
-    """Whether every element of every array of ``tree`` is finite (a boolean scalar)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    """Whether every element of every array of ``tree`` is finite (a boolean scalar; True for no arrays)."""
+    return jnp.all(jnp.stack([jnp.asarray(True)] + [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -67,20 +73,23 @@ def global_norm(tree: Any) -> jax.Array:
 
 def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
                  frozen: str | None = None) -> Any:
-    """Labels every parameter 'weight', 'bias' or 'frozen'.
+    """Labels every parameter 'weight', 'bias' or 'frozen': the one freezing mechanism (the optimiser leaves
+    'frozen' parameters alone and the train step takes no gradient for them).
 
     Frozen: the upsamplers ``model.freeze_upsamplers`` names, parameters whose path ('backbone/fc6/kernel',
     'score_fr/bias', ...) fully matches the regular expression ``frozen``, and, when ``trainable`` is
     given, every parameter whose path does not fully match it (big_vision-style regex freezing).
-    Raises ValueError when a regular expression matches no parameter.
+    ``params``: the parameter tree (or the variables; only ``params`` is labelled). Raises ValueError when a
+    regular expression matches no parameter.
     """
+    params = as_variables(params)[PARAMS]
     ups = upsampler_names(model.variant)
     fixed = {"none": (), "final": final_upsampler_names(model.variant), "all": ups}[model.freeze_upsamplers]
     paths = ["/".join(getattr(k, "key", str(k)) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     for flag, pattern in (("trainable", trainable), ("frozen", frozen)):
         if pattern is not None and not any(re.fullmatch(pattern, p) for p in paths):
-            raise ValueError(f"{flag}={pattern!r} matches no parameter; paths look like {paths[0]}, "
-                             f"score_fr/kernel, {ups[-1]}/kernel")
+            examples = ", ".join([paths[0]] + [f"{name}/kernel" for name in ups[-1:]])
+            raise ValueError(f"{flag}={pattern!r} matches no parameter; paths look like {examples}")
 
     def label(path: tuple[Any, ...], _: Any) -> str:
         names = [getattr(p, "key", str(p)) for p in path]
@@ -126,16 +135,38 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformatio
 
 # ---------------------------------------------------------------------------------------------- state
 
-def init_params(cfg: TrainConfig, model: nn.Module) -> Any:
-    """The model's own initialisation from ``cfg.seed`` (one compiled program, not many dispatches)."""
-    return initial_variables(model, jax.random.PRNGKey(cfg.seed))["params"]
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus ``model_state``: every variable collection of the model besides ``params``
+    (``{}`` for the Caffe family, ``{'batch_stats': ...}`` with BatchNorm), updated by each train step."""
+
+    model_state: Any = struct.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The model's variables: ``{'params': ..., **model_state}``."""
+        return join(self.params, self.model_state)
 
 
-def create_train_state(cfg: TrainConfig, model: nn.Module, params: Any | None = None) -> TrainState:
-    """A fresh TrainState (step 0); ``params`` default to :func:`init_params`."""
-    if params is None:
-        params = init_params(cfg, model)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params))
+def init_variables(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """The model's own initial variables (every collection) from ``cfg.seed`` (one compiled program)."""
+    return initial_variables(model, jax.random.PRNGKey(cfg.seed))
+
+
+def create_train_state(cfg: TrainConfig, model: nn.Module, variables: Any | None = None) -> TrainState:
+    """A fresh :class:`TrainState` (step 0); ``variables`` (every collection, or a bare parameter tree)
+    default to :func:`init_variables`."""
+    variables = as_variables(init_variables(cfg, model) if variables is None else variables)
+    params = variables[PARAMS]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, params),
+                             model_state=model_state(variables))
+
+
+def abstract_state(cfg: TrainConfig, model: nn.Module, mesh: Mesh) -> TrainState:
+    """The :class:`TrainState` of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves replicated over ``mesh``: the
+    target checkpoints restore onto (any device count)."""
+    shapes = jax.eval_shape(lambda: create_train_state(cfg, model))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def class_weight_array(cfg: TrainConfig) -> jax.Array | None:
@@ -177,117 +208,161 @@ def resolve_class_weights(cfg: TrainConfig, counts: Callable[[], np.ndarray]) ->
     return dataclasses.replace(cfg, class_weights=",".join(f"{w:.6g}" for w in weights))
 
 
-def batch_spec(cfg: TrainConfig) -> tuple[str, tuple[Target, ...]]:
+def batch_spec(cfg: TrainConfig) -> tuple[str, tuple[Output, ...]]:
     """What a batch of ``cfg`` holds: the example fields forming the input (``cfg.inputs`` or the variant's
-    default, :func:`fcn_jax.preprocess.resolve_inputs`) and every head's target (batch key, example field,
-    classes; :func:`fcn_jax.preprocess.head_targets`)."""
-    return (resolve_inputs(cfg.inputs, cfg.model.variant),
-            head_targets(cfg.model.variant, cfg.model.num_classes))
+    default, :func:`fcn_jax.models.resolve_inputs`) and the model's outputs, whose labels it carries
+    (:attr:`Output.batch_key` from :attr:`Output.label_field`)."""
+    return (resolve_inputs(cfg.inputs, cfg.model.variant), model_outputs(cfg.model.variant, cfg.model.num_classes))
 
 
-def loss_scales(labels: dict[str, jax.Array], targets: tuple[Target, ...], cfg: TrainConfig,
-                batch_size: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """(scale, labelled-pixel count) of each head's summed loss, by batch key: 'sum' 1 / B, 'mean' 1 / the
-    head's labelled pixels (their total class weight under ``class_weights``, first head only).
+# ----------------------------------------------------------------------------------------------- loss
+
+def _weighted(output: Output, num_classes: int) -> bool:
+    """Whether class weights apply to ``output``: the semantic outputs of the model's classes."""
+    return output.label_field == SEGMENTATION and output.classes == num_classes
+
+
+def loss_scales(labels: dict[str, jax.Array], outputs: tuple[Output, ...], loss: str, batch_size: int,
+                class_weights: jax.Array | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(scale, labelled-pixel count) of each output's summed loss, by output name: ``loss`` 'sum' 1 / B,
+    'mean' 1 / the output's labelled pixels (their total class weight under ``class_weights``, which
+    weigh the semantic outputs of the model's classes).
 
     ``labels``: {batch key: (B, H, W) int}, values outside 0..classes-1 (255) unlabelled.
     """
-    weights = class_weight_array(cfg)
+    num_classes = outputs[0].classes
     scales, counts = {}, {}
-    for i, t in enumerate(targets):
-        y, w = labels[t.batch_key], weights if i == 0 else None
-        valid = (y >= 0) & (y < t.num_classes)
-        count = counts[t.batch_key] = jnp.sum(valid).astype(jnp.float32)
+    for o in outputs:
+        y = labels[o.batch_key]
+        w = class_weights if _weighted(o, num_classes) else None
+        valid = (y >= 0) & (y < o.classes)
+        count = counts[o.name] = jnp.sum(valid).astype(jnp.float32)
         total_weight = count if w is None else jnp.sum(jnp.where(valid, w[jnp.where(valid, y, 0)], 0.0))
         # 'sum': Caffe's SoftmaxWithLoss with normalize: false divides the summed loss by the batch size N,
         # and iter_size divides the accumulated gradient by iter_size: the sum over the whole batch / B.
         # 'mean': divided by the labelled pixels' total weight (their count when unweighted), as PyTorch's
         # weighted cross-entropy with reduction='mean'.
-        scales[t.batch_key] = 1.0 / batch_size if cfg.loss == "sum" else 1.0 / jnp.maximum(total_weight, 1e-12)
+        scales[o.name] = 1.0 / batch_size if loss == "sum" else 1.0 / jnp.maximum(total_weight, 1e-12)
     return scales, counts
 
 
-def head_losses(outputs: jax.Array | dict[str, jax.Array], labels: dict[str, jax.Array], targets: tuple[Target, ...],
-                class_weights: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Each head's softmax cross-entropy summed over its labelled pixels (:func:`pixel_cross_entropy`), by
-    batch key. ``outputs``: logits (N, H, W, C) of a single head, or {head: logits}; ``class_weights``
-    weigh the first head only."""
-    single = len(targets) == 1
-    return {t.batch_key: pixel_cross_entropy(outputs if single else outputs[t.head], labels[t.batch_key],
-                                             class_weights if i == 0 else None)[0] for i, t in enumerate(targets)}
+def output_losses(logits: dict[str, jax.Array], labels: dict[str, jax.Array], outputs: tuple[Output, ...],
+                  class_weights: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Each output's softmax cross-entropy summed over its labelled pixels (:func:`pixel_cross_entropy`),
+    by output name. ``logits``: {output name: (N, H, W, C)}; ``class_weights`` weigh the semantic outputs
+    of the model's classes."""
+    num_classes = outputs[0].classes
+    return {o.name: pixel_cross_entropy(logits[o.name], labels[o.batch_key],
+                                        class_weights if _weighted(o, num_classes) else None)[0] for o in outputs}
 
 
-def total_loss(totals: dict[str, jax.Array], scales: dict[str, jax.Array], targets: tuple[Target, ...]) -> jax.Array:
-    """The loss: each head's summed loss times its scale (:func:`loss_scales`), summed over heads (Caffe's
-    loss layers of weight 1 each)."""
-    return functools.reduce(jnp.add, [totals[t.batch_key] * scales[t.batch_key] for t in targets])
+def total_loss(totals: dict[str, jax.Array], scales: dict[str, jax.Array], outputs: tuple[Output, ...]) -> jax.Array:
+    """The loss: each output's summed loss times its scale (:func:`loss_scales`) and its ``loss_weight``,
+    summed over outputs (Caffe's loss layers, weight 1 each; torchvision's ``out + 0.5 aux``)."""
+    return functools.reduce(jnp.add, [totals[o.name] * scales[o.name] * o.loss_weight for o in outputs])
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: TrainConfig) -> tuple[TrainState, dict]:
-    """One optimiser step on a global batch {'image': (B,H,W,C) float, 'label': (B,H,W) int, and for a
-    multi-head variant each other head's labels, e.g. 'label_geo' (B,H,W) int}.
+# ------------------------------------------------------------------------------------------ the step
 
-    The batch is split into ``cfg.grad_accum`` micro-batches whose gradients are summed; the loss is
-    the sum over labelled pixels divided by the batch size B ('sum', Caffe's ``normalize: false``; with
-    accumulation it is Caffe's ``iter_size`` average) or by the batch's labelled-pixel count ('mean'),
-    so accumulation and data parallelism give exactly the full-batch gradient. With ``class_weights``
-    each pixel's loss is multiplied by its class's weight and 'mean' divides by the weights' sum.
-    A multi-head variant (SIFT Flow) sums its heads' losses, each against its own labels and normalised
-    as above by its own pixels (Caffe: one SoftmaxWithLoss per head, loss weight 1 each); class weights
-    apply to the first head only. Dropout keys derive from (seed, step), so a resumed run draws the same
-    masks.
-    """
-    images = batch["image"]
-    _, targets = batch_spec(cfg)
-    labels = {t.batch_key: batch[t.batch_key] for t in targets}
-    accum = cfg.grad_accum
+@dataclasses.dataclass(frozen=True)
+class StepPieces:
+    """What a train step is built from, computed once from the config (nothing is rebuilt at trace time):
+    the outputs it trains, the loss normalisation ('sum' | 'mean'), the class weights (C,) or None, the
+    micro-batch count, the seed of the dropout keys, the learning-rate schedule (for the metrics) and the
+    frozen mask (a tree of bools like ``params``, from :func:`param_labels`)."""
+
+    outputs: tuple[Output, ...]
+    loss: str
+    class_weights: tuple[float, ...] | None
+    grad_accum: int
+    seed: int
+    schedule: Callable[[Any], Any]
+    frozen: Any
+
+
+def step_pieces(cfg: TrainConfig, params: Any) -> StepPieces:
+    """The :class:`StepPieces` of ``cfg`` for a model with parameter tree ``params``."""
     weights = class_weight_array(cfg)
-    scales, counts = loss_scales(labels, targets, cfg, images.shape[0])
-    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
-    fixed = jax.tree.map(lambda label: label == "frozen", param_labels(state.params, cfg.model, cfg.trainable,
-                                                                       cfg.frozen))
+    labels = param_labels(params, cfg.model, cfg.trainable, cfg.frozen)
+    return StepPieces(outputs=batch_spec(cfg)[1], loss=cfg.loss,
+                      class_weights=None if weights is None else tuple(float(w) for w in weights),
+                      grad_accum=cfg.grad_accum, seed=cfg.seed, schedule=make_schedule(cfg),
+                      frozen=jax.tree.map(lambda label: label == "frozen", labels))
 
-    def loss_fn(params: Any, x: jax.Array, ys: dict[str, jax.Array],
-                k: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPieces) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch {'image': (B,H,W,C) float, 'label': (B,H,W) int, and each other
+    label field an output learns from, e.g. SIFT Flow's 'label_geo' (B,H,W) int}.
+
+    The batch is split into ``pieces.grad_accum`` micro-batches whose gradients are summed, the model state
+    (BatchNorm statistics) carried from one micro-batch to the next; the loss is the sum over labelled
+    pixels divided by the batch size B ('sum', Caffe's ``normalize: false``; with accumulation it is
+    Caffe's ``iter_size`` average) or by the batch's labelled-pixel count ('mean'), so accumulation and
+    data parallelism give exactly the full-batch gradient. With class weights each pixel's loss is
+    multiplied by its class's weight and 'mean' divides by the weights' sum. Several outputs (SIFT Flow's
+    two heads, an auxiliary head) add their losses, each against its own labels, normalised as above by
+    its own pixels and times its ``loss_weight``. Frozen parameters get no gradient. Dropout keys derive
+    from (seed, step), so a resumed run draws the same masks.
+    """
+    outputs = pieces.outputs
+    images = batch["image"]
+    keys = sorted({o.batch_key for o in outputs})
+    labels = {k: batch[k] for k in keys}
+    accum = pieces.grad_accum
+    weights = None if pieces.class_weights is None else jnp.asarray(pieces.class_weights, jnp.float32)
+    scales, counts = loss_scales(labels, outputs, pieces.loss, images.shape[0], weights)
+    key = jax.random.fold_in(jax.random.PRNGKey(pieces.seed), state.step)
+    mutable = sorted(state.model_state)
+
+    def loss_fn(params: Any, model_state: dict[str, Any], x: jax.Array, ys: dict[str, jax.Array],
+                k: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
         # frozen parameters get no gradient at all, so XLA drops their backward pass
-        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, fixed)
-        out = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
-        totals = head_losses(out, ys, targets, weights)
-        return total_loss(totals, scales, targets), totals
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, pieces.frozen)
+        logits, new_state = state.apply_fn(join(params, model_state), x, train=True, return_dict=True,
+                                           rngs={"dropout": k}, mutable=mutable)
+        totals = output_losses(logits, ys, outputs, weights)
+        return total_loss(totals, scales, outputs), (totals, dict(new_state))
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if accum == 1:
-        grads, totals = grad_fn(state.params, images, labels, key)
+        grads, (totals, new_model_state) = grad_fn(state.params, state.model_state, images, labels, key)
     else:
         # (B, ...) -> (B/accum, accum, ...): micro-batch i takes rows i, i+accum, ..., which keeps each
         # device's rows on that device when the batch axis is sharded.
         split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])  # noqa: E731
         xs, ys = split(images), {k: split(v) for k, v in labels.items()}
 
-        def body(i: jax.Array, carry: tuple[Any, dict[str, jax.Array]]) -> tuple[Any, dict[str, jax.Array]]:
-            g_acc, t_acc = carry
-            g, t = grad_fn(state.params, xs[:, i], {k: v[:, i] for k, v in ys.items()}, jax.random.fold_in(key, i))
-            return jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, t_acc, t)
+        def body(i: jax.Array, carry: tuple[Any, dict[str, jax.Array], dict[str, Any]]) -> tuple[Any, ...]:
+            g_acc, t_acc, ms = carry
+            g, (t, ms) = grad_fn(state.params, ms, xs[:, i], {k: v[:, i] for k, v in ys.items()},
+                                 jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, t_acc, t), ms
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, totals = jax.lax.fori_loop(0, accum, body, (zeros, {k: jnp.zeros((), jnp.float32) for k in labels}))
-    updated = state.apply_gradients(grads=grads)
-    # A step whose loss, gradients or updated parameters are not all finite is not applied: the state
+        start = (zeros, {o.name: jnp.zeros((), jnp.float32) for o in outputs}, state.model_state)
+        grads, totals, new_model_state = jax.lax.fori_loop(0, accum, body, start)
+    updated = state.apply_gradients(grads=grads).replace(model_state=new_model_state)
+    # A step whose loss, gradients or updated variables are not all finite is not applied: the state
     # stays as it was (so it can never be saved), and the loop stops at that step (``finite`` False).
-    loss = total_loss(totals, scales, targets)
+    loss = total_loss(totals, scales, outputs)
     finite = jnp.isfinite(functools.reduce(jnp.add, list(totals.values()))) & all_finite(grads) \
-        & all_finite(updated.params)
+        & all_finite(updated.params) & all_finite(updated.model_state)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    metrics = {"loss": loss, "grad_norm": global_norm(grads), "labelled_pixels": counts[targets[0].batch_key],
-               "lr": make_schedule(cfg)(state.step), "finite": finite}
-    if len(targets) > 1:
-        metrics.update({f"loss/{t.head}": totals[t.batch_key] * scales[t.batch_key] for t in targets})
+    metrics = {"loss": loss, "grad_norm": global_norm(grads), "labelled_pixels": counts[outputs[0].name],
+               "lr": pieces.schedule(state.step), "finite": finite}
+    if len(outputs) > 1:
+        metrics.update({f"loss/{o.name}": totals[o.name] * scales[o.name] * o.loss_weight for o in outputs})
     return new_state, metrics
 
 
-def make_train_step(cfg: TrainConfig, mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """``train_step`` jitted over ``mesh``: state replicated and donated, batch split on 'data'."""
-    return jax.jit(functools.partial(train_step, cfg=cfg),
+def make_train_step(cfg: TrainConfig, mesh: Mesh, params: Any | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """:func:`train_step` with ``cfg``'s :class:`StepPieces`, jitted over ``mesh``: state replicated and
+    donated, batch split on 'data'. ``params``: the model's parameter tree or its shapes (default: from
+    ``jax.eval_shape`` of the model's init), for the frozen mask."""
+    if params is None:
+        params = jax.eval_shape(lambda: init_variables(cfg, cfg.model.build()))[PARAMS]
+    return jax.jit(functools.partial(train_step, pieces=step_pieces(cfg, params)),
                    in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
                    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                    donate_argnums=0)
@@ -295,39 +370,37 @@ def make_train_step(cfg: TrainConfig, mesh: Mesh) -> Callable[[TrainState, dict]
 
 # ------------------------------------------------------------------------------------ initialisation
 
-def initial_params(cfg: TrainConfig, model: nn.Module,
-                   report: Callable[[str], None] | None = None) -> tuple[Any, str | None]:
-    """Parameters to start from and the preprocessing convention they imply (None: no preference).
+def initial_variables_for(cfg: TrainConfig, model: nn.Module,
+                          report: Callable[[str], None] | None = None) -> tuple[dict[str, Any], str | None]:
+    """Variables to start from (every collection) and the preprocessing convention they imply (None: no
+    preference).
 
-    ``cfg.init``: None -> the model's initialisation; a path -> every layer of it that fits copied
-    over the initialisation (:func:`fcn_jax.loading.init_params`: ImageNet VGG16, an earlier stage, an
+    ``cfg.init``: None -> the model's initialisation; a path -> every array of it that fits copied
+    over the initialisation (:func:`fcn_jax.loading.init_variables`: ImageNet VGG16, an earlier stage, an
     FCN with other classes), except the fixed upsamplers, which stay exactly bilinear (solve.py).
     ``report`` receives the layers copied and re-initialised.
     """
-    params = init_params(cfg, model)  # the model's own init for layers a source lacks
+    variables = init_variables(cfg, model)  # the model's own init for layers a source lacks
     if cfg.init is None:
-        return params, None
+        return variables, None
     from fcn_jax import loading
-    labels = param_labels(params, cfg.model)
+    labels = param_labels(variables, cfg.model)
     fixed = [name for name in upsampler_names(cfg.model.variant) if labels[name]["kernel"] == "frozen"]
-    params, info = loading.init_params(cfg.model, params, cfg.init, keep=fixed,  # fixed upsamplers: bilinear
-                                       report=report)
-    return params, info.preprocessing
+    variables, info = loading.init_variables(cfg.model, variables, cfg.init, keep=fixed,  # fixed: bilinear
+                                             report=report)
+    return variables, info.preprocessing
+
+
+def initial_params(cfg: TrainConfig, model: nn.Module,
+                   report: Callable[[str], None] | None = None) -> tuple[Any, str | None]:
+    """:func:`initial_variables_for`'s parameter tree and convention (for models with no other collection)."""
+    variables, convention = initial_variables_for(cfg, model, report)
+    return variables[PARAMS], convention
 
 
 def dataset_options(cfg: TrainConfig) -> dict[str, Any]:
     """How ``cfg``'s dataset is read (keyword options of :func:`fcn_jax.data.load_split`)."""
     return {"void": cfg.void_value, "binary": cfg.binary_masks}
-
-
-def write_json(path: str, record: Any) -> str:
-    """Writes ``record`` as indented JSON to ``path`` atomically (a temporary file, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-    return path
 
 
 def write_config(cfg: TrainConfig, workdir: str) -> str:
@@ -351,7 +424,7 @@ def _saved_config(checkpoints: ckpt_lib.TrainCheckpointer, step: int, workdir: s
     are set aside with a warning); ``{}`` if none records one."""
     while True:
         try:
-            return checkpoints.meta(step).get("config") or {}
+            return dict(checkpoints.meta(step).config)
         except ckpt_lib.CheckpointError as e:
             aside = checkpoints.set_aside(step)
             log(f"warning: {e}; moved to {aside}, trying the previous one")
@@ -381,7 +454,8 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], No
     """The summary of a run that already reached ``cfg.steps``: its last validation scores, from its log."""
     from fcn_jax.summary import read_metrics
     path = os.path.join(workdir, "metrics.jsonl")
-    first = batch_spec(cfg)[1][0].head  # a multi-head run logs 'val/<head>/mean_iu' per head
+    scored = evaluated(batch_spec(cfg)[1])
+    first = scored[0].name if len(scored) > 1 else ""  # several scored outputs log 'val/<name>/mean_iu' each
     prefix = f"val/{first}/" if first else "val/"
     records = [r for r in read_metrics(path) if f"{prefix}mean_iu" in r] if os.path.exists(path) else []
     scores = {k[len("val/"):]: v for k, v in records[-1].items() if k.startswith("val/")} if records else {}
@@ -392,12 +466,6 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], No
     log(f"{workdir} is already trained to step {step} (--steps {cfg.steps}){last}; raise --steps to train longer")
     return {"step": step, "scores": scores, "interrupted": False, "signal": None, "workdir": workdir,
             "finished_before": True}
-
-
-def _abstract_state(cfg: TrainConfig, model: nn.Module, mesh: Mesh) -> Any:
-    shapes = jax.eval_shape(lambda: create_train_state(cfg, model))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -497,11 +565,11 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
 
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(cfg.batch_size // cfg.grad_accum, mesh, "--batch-size / --grad-accum")
-    inputs, targets = batch_spec(cfg)
+    inputs, outputs = batch_spec(cfg)
     train_input = pipeline.TrainInput(
         mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
         flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
-        seed=cfg.seed, inputs=inputs, labels=tuple((t.batch_key, t.field) for t in targets))
+        seed=cfg.seed, inputs=inputs, labels=label_fields(outputs))
     lead = jax.process_index() == 0
     log = RunLog(log if lead else (lambda _: None))  # only process 0 reports; train.log once the workdir exists
     try:
@@ -510,28 +578,31 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
         log.close()
 
 
-def validation_record(result: Any, targets: tuple[Target, ...],
-                      class_names: dict[str, tuple[str, ...]]) -> tuple[dict[str, float], dict[str, float]]:
-    """(metrics.jsonl record, scores) of a validation :class:`fcn_jax.evaluate.EvalResult`.
+def validation_record(result: Any, outputs: tuple[Output, ...],
+                      class_names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics.jsonl record, scores) of a validation :class:`fcn_jax.evaluate.EvalResult` of a model with
+    ``outputs`` (those it scores: the evaluated ones) and the dataset's ``class_names``.
 
-    One head: 'val/pixel_acc', 'val/mean_acc', 'val/mean_iu', 'val/fw_iu' and 'val/iu/<class>' (finite IUs).
-    Several (SIFT Flow): per head 'val/<head>/<score>' (the four, and 'mean_iu_present': the mean IU over the
-    classes in the ground truth, see :mod:`fcn_jax.metrics`) and 'val/iu/<head>/<class>'. ``scores``: the
-    first head's four scores (what picks the best checkpoint), plus '<head>/<score>' for every head.
+    One scored output: 'val/pixel_acc', 'val/mean_acc', 'val/mean_iu', 'val/fw_iu' and 'val/iu/<class>'
+    (finite IUs). Several (SIFT Flow): per output 'val/<name>/<score>' (the four, and 'mean_iu_present': the
+    mean IU over the classes in the ground truth, see :mod:`fcn_jax.metrics`) and 'val/iu/<name>/<class>'.
+    ``scores``: the main output's four scores (what picks the best checkpoint), plus '<name>/<score>' for
+    every scored output.
     """
     keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
-    first = result.heads[targets[0].head].scores
+    scored = evaluated(outputs)
+    first = result.heads[scored[0].name].scores
     scores = {k: float(first[k]) for k in keys}
-    if len(targets) == 1:
-        per_class = {f"val/iu/{name}": float(v) for name, v in zip(class_names[targets[0].head], first["iu"])
+    if len(scored) == 1:
+        per_class = {f"val/iu/{name}": float(v) for name, v in zip(scored[0].class_names(class_names), first["iu"])
                      if math.isfinite(float(v))}
         return {**{f"val/{k}": v for k, v in scores.items()}, **per_class}, scores
     record: dict[str, float] = {}
-    for t in targets:
-        head = result.heads[t.head].scores
+    for o in scored:
+        head = result.heads[o.name].scores
         for k in (*keys, "mean_iu_present"):
-            record[f"val/{t.head}/{k}"] = scores[f"{t.head}/{k}"] = float(head[k])
-        record.update({f"val/iu/{t.head}/{name}": float(v) for name, v in zip(class_names[t.head], head["iu"])
+            record[f"val/{o.name}/{k}"] = scores[f"{o.name}/{k}"] = float(head[k])
+        record.update({f"val/iu/{o.name}/{name}": float(v) for name, v in zip(o.class_names(class_names), head["iu"])
                        if math.isfinite(float(v))})
     return record, scores
 
@@ -542,106 +613,154 @@ def _percent(scores: dict[str, float]) -> str:
                       ("fw_iu", "f.w. IU")))
 
 
-def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progress: bool, lead: bool,
-           log: RunLog) -> dict[str, Any]:
-    """The body of :func:`train_and_evaluate`."""
-    from tqdm import tqdm
-
+def _dataset(cfg: TrainConfig, progress: bool, log: RunLog) -> tuple[TrainConfig, Any]:
+    """The dataset's metadata, checked against the model, and ``cfg`` with its class weights resolved."""
     from fcn_jax import data as data_lib
-    from fcn_jax.data import pipeline
-    from fcn_jax.evaluate import evaluate, head_class_names
-    from fcn_jax.summary import SummaryWriter
-    from fcn_jax.viz import plot_learning_curves
-
     options = dataset_options(cfg)
-    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, progress=progress and lead, **options)
+    ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, progress=progress, **options)
     if ds_meta.num_classes != cfg.model.num_classes:
         raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
                             f"{cfg.model.num_classes} (--num-classes)")
     if ds_meta.description:
         log(ds_meta.description)
     cfg = resolve_class_weights(cfg, lambda: data_lib.class_pixel_counts(
-        cfg.dataset, ds_meta.train_split, cfg.data_dir, progress=progress and lead, **options))
+        cfg.dataset, ds_meta.train_split, cfg.data_dir, progress=progress, **options))
     if cfg.class_weights is not None:
         log("class weights: " + ", ".join(f"{name} {w}" for name, w in
                                           zip(ds_meta.class_names, cfg.class_weights.split(","))))
-    model = cfg.model.build()
-    fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
-    if fresh:  # validated (e.g. --init read) before anything is created in the workdir
-        params, convention = initial_params(cfg, model, report=log)
-        # the caffe* conventions differ only in the mean subtracted: the reference starts SIFT Flow and NYUD
-        # (their own means) from the VGG16 of the ImageNet mean
-        if convention is not None and convention_family(convention) != convention_family(cfg.preprocessing):
-            raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
-                                f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
-    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    return cfg, ds_meta
+
+
+def _start_variables(cfg: TrainConfig, model: nn.Module, log: RunLog) -> dict[str, Any]:
+    """The initial variables of a fresh run (``--init`` read and its preprocessing checked)."""
+    variables, convention = initial_variables_for(cfg, model, report=log)
+    # the caffe* conventions differ only in the mean subtracted: the reference starts SIFT Flow and NYUD
+    # (their own means) from the VGG16 of the ImageNet mean
+    if convention is not None and convention_family(convention) != convention_family(cfg.preprocessing):
+        raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
+                            f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
+    return variables
+
+
+def _restore_or_init(cfg: TrainConfig, model: nn.Module, workdir: str, mesh: Mesh,
+                     checkpoints: ckpt_lib.TrainCheckpointer, variables: dict[str, Any] | None,
+                     log: RunLog) -> tuple[TrainState, dict[str, Any] | None, int]:
+    """(state, data iterator state or None, start step): the latest checkpoint that restores, else a fresh
+    state from ``variables`` (None: made now)."""
     start = checkpoints.latest_step()
     if start is None:
-        if not fresh:  # step directories that Orbax does not count as steps (e.g. unfinished)
-            params, _ = initial_params(cfg, model, report=log)
-        state = jax.device_put(create_train_state(cfg, model, params), parallel.replicated(mesh))
-        data_state = None
-        start = 0
-    else:
-        check_resume(cfg, _saved_config(checkpoints, start, workdir, log), workdir, log)
-        state, saved_meta, data_state = checkpoints.restore(_abstract_state(cfg, model, mesh), warn=log)
-        start = int(saved_meta["step"])
-        state = state.replace(apply_fn=model.apply, tx=make_optimizer(cfg, state.params))
-        if start >= cfg.steps:
-            checkpoints.close()
-            return _finished(cfg, workdir, start, log)
+        if variables is None:  # step directories that Orbax does not count as steps (e.g. unfinished)
+            variables = _start_variables(cfg, model, log)
+        return jax.device_put(create_train_state(cfg, model, variables), parallel.replicated(mesh)), None, 0
+    check_resume(cfg, _saved_config(checkpoints, start, workdir, log), workdir, log)
+    state, saved_meta, data_state = checkpoints.restore(abstract_state(cfg, model, mesh), warn=log)
+    state = state.replace(apply_fn=model.apply, tx=make_optimizer(cfg, state.params))
+    return state, data_state, int(saved_meta.step)
+
+
+def _write_run(cfg: TrainConfig, workdir: str, log: RunLog) -> None:
+    """The run's records in ``workdir``: config.json, train.log from now on, dataset.json."""
+    from fcn_jax import data as data_lib
+    write_config(cfg, workdir)
+    log.open(workdir)
+    write_json(os.path.join(workdir, "dataset.json"), data_lib.dataset_summary(cfg.dataset, cfg.data_dir,
+                                                                               **dataset_options(cfg)))
+
+
+class _Validator:
+    """Validation inside training: the evaluator over the validation split (exact-size batches planned once),
+    panels and scores to TensorBoard, ``best/`` kept, one log line."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, mesh: Mesh, source: Any, ds_meta: Any, inputs: str,
+                 checkpoints: ckpt_lib.TrainCheckpointer, meta: ckpt_lib.CheckpointMeta, writer: Any,
+                 progress: bool, lead: bool, log: RunLog):
+        self.cfg, self.model, self.mesh, self.source, self.ds_meta, self.inputs = cfg, model, mesh, source, ds_meta, inputs
+        self.checkpoints, self.meta, self.writer = checkpoints, meta, writer
+        self.progress, self.lead, self.log = progress, lead, log
+        self.outputs = batch_spec(cfg)[1]
+        self.sizes = None  # exact-size validation plans its batches from every image's size, read once
+
+    def __call__(self, step: int, state: TrainState) -> dict[str, float]:
+        from fcn_jax.data import pipeline
+        from fcn_jax.evaluate import evaluate
+        cfg = self.cfg
+        if cfg.eval_bucket_multiple is None and self.sizes is None:
+            self.sizes = pipeline.example_sizes(self.source)
+        batches = pipeline.eval_batches(self.source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
+                                        bucket_multiple=cfg.eval_bucket_multiple, sizes=self.sizes,
+                                        sharding=parallel.data_sharding(self.mesh), inputs=self.inputs,
+                                        labels=label_fields(evaluated(self.outputs)))
+        pictures = _PanelCollector(PANELS, cfg.preprocessing, self.ds_meta, f"{cfg.model.variant} step {step}",
+                                   self.inputs)
+        result = evaluate(self.model, state.variables, batches, cfg.model.num_classes, mesh=self.mesh,
+                          progress=self.progress and self.lead, total=len(self.source),
+                          desc=f"validation (step {step})", leave=False, on_batch=pictures if self.lead else None)
+        self.writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
+        record, scores = validation_record(result, self.outputs, self.ds_meta.class_names)
+        self.writer.write(step, record)
+        best = self.checkpoints.save_best(step, state.variables, self.meta, scores)
+        scored = evaluated(self.outputs)
+        if len(scored) == 1:
+            text = _percent(scores)
+        else:
+            text = "; ".join(f"{o.name}: " + _percent({k: scores[f"{o.name}/{k}"] for k in
+                                                       ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")})
+                             + f", mean IU of classes in ground truth {100 * scores[f'{o.name}/mean_iu_present']:.2f}%"
+                             for o in scored)
+        self.log(f"step {step}: validation {text}" + (" (new best)" if best else ""))
+        return scores
+
+
+def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progress: bool, lead: bool,
+           log: RunLog) -> dict[str, Any]:
+    """The body of :func:`train_and_evaluate`: set-up (dataset, init or resume, the run's records), then
+    the loop (:func:`_loop`)."""
+    from tqdm import tqdm
+
+    from fcn_jax import data as data_lib
+    from fcn_jax.data import pipeline
+    from fcn_jax.summary import SummaryWriter
+    from fcn_jax.viz import plot_learning_curves
+
+    cfg, ds_meta = _dataset(cfg, progress and lead, log)
+    model = cfg.model.build()
+    fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
+    # validated (e.g. --init read) before anything is created in the workdir
+    variables = _start_variables(cfg, model, log) if fresh else None
+    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
+    if start >= cfg.steps:
+        checkpoints.close()
+        return _finished(cfg, workdir, start, log)
+    if start:
         log(f"resuming from step {start} in {workdir}")
     log(format_config(cfg, "effective config"))
     if lead:
-        write_config(cfg, workdir)
-        log.open(workdir)
-        write_json(os.path.join(workdir, "dataset.json"), data_lib.dataset_summary(cfg.dataset, cfg.data_dir,
-                                                                                   **options))
-    extra = {"colours": [list(c) for c in ds_meta.colours]} if ds_meta.colours else {}
-    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg), **extra)
+        _write_run(cfg, workdir, log)
+    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg),
+                               colours=ds_meta.colours or None, collections=tuple(sorted(state.variables)))
 
+    options = dataset_options(cfg)
     train_source = data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir, **options)
     eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir, **options)
-    inputs, targets = batch_spec(cfg)
-    labels = tuple((t.batch_key, t.field) for t in targets)
-    for split, source in ((ds_meta.train_split, train_source), (ds_meta.eval_split, eval_source)):
+    inputs, outputs = batch_spec(cfg)
+    for split, source, needed in ((ds_meta.train_split, train_source, outputs),
+                                  (ds_meta.eval_split, eval_source, evaluated(outputs))):
         if len(source):  # the fields the variant needs, before anything compiles
             try:
-                pipeline.read_fields(source[0], inputs, labels)
+                pipeline.read_fields(source[0], inputs, label_fields(needed))
             except ValueError as e:
                 raise TrainingError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
                                     f"{e}") from None
-    names = head_class_names(targets, ds_meta.class_names)
-    eval_sizes = None  # exact-size validation plans its batches from every image's size, read once
-    step_fn = make_train_step(cfg, mesh)
+    step_fn = make_train_step(cfg, mesh, state.params)
     writer = SummaryWriter(workdir, enabled=lead)
+    validator = _Validator(cfg, model, mesh, eval_source, ds_meta, inputs, checkpoints, meta, writer, progress, lead,
+                           log)
     # the iterator's threads start here: from now on everything runs inside the try that closes it
     train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
 
     def validate(step: int) -> dict[str, float]:
-        nonlocal eval_sizes
-        if cfg.eval_bucket_multiple is None and eval_sizes is None:
-            eval_sizes = pipeline.example_sizes(eval_source)
-        batches = pipeline.eval_batches(eval_source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
-                                        bucket_multiple=cfg.eval_bucket_multiple, sizes=eval_sizes,
-                                        sharding=parallel.data_sharding(mesh), inputs=inputs, labels=labels)
-        pictures = _PanelCollector(PANELS, cfg.preprocessing, ds_meta, f"{cfg.model.variant} step {step}", inputs)
-        result = evaluate(model, state.params, batches, cfg.model.num_classes, mesh=mesh,
-                          progress=progress and lead, total=len(eval_source), desc=f"validation (step {step})",
-                          leave=False, on_batch=pictures if lead else None)
-        writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
-        record, scores = validation_record(result, targets, names)
-        writer.write(step, record)
-        best = checkpoints.save_best(step, state.params, meta, scores)
-        if len(targets) == 1:
-            text = _percent(scores)
-        else:
-            text = "; ".join(f"{t.head}: " + _percent({k: scores[f"{t.head}/{k}"] for k in
-                                                       ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")})
-                             + f", mean IU of classes in ground truth {100 * scores[f'{t.head}/mean_iu_present']:.2f}%"
-                             for t in targets)
-        log(f"step {step}: validation {text}" + (" (new best)" if best else ""))
-        return scores
+        return validator(step, state)
 
     def save(step: int) -> None:
         checkpoints.save(step, state, meta, train_iter.get_state())

@@ -43,7 +43,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcn_jax.config import ModelConfig, to_dict
-from fcn_jax.models import VARIANTS, VGG16_BLOCKS, VariantSpec, check_variant, get_variant, input_shape
+from fcn_jax.models import VARIANTS, VGG16_BLOCKS, VariantSpec, check_variant, get_variant, input_shape, skip_specs
 from fcn_jax.preprocess import CAFFE, TORCHVISION, check_convention
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,8 @@ def _caffe_keys(prefix: str, blobs: tuple[np.ndarray, ...]) -> dict[str, np.ndar
 def _atonce_scales(layers: Mapping[str, Any], path: str) -> bool:
     """Whether the net is the reference's FCN-8s at once: its Scale layers ``scale_pool4`` / ``scale_pool3``
     hold the fixed factors the model applies (0.01, 0.0001); any other value cannot be represented."""
-    spec = get_variant(ATONCE)
-    expected = {f"scale_{skip}": factor for skip, factor in zip(spec.skips, spec.feature_scales)}
+    skip = skip_specs(ATONCE)[0]
+    expected = {f"scale_{name}": factor for name, factor in zip(skip.skips, skip.feature_scales)}
     present = [name for name in expected if name in layers]
     if not present:
         return False
@@ -382,10 +382,9 @@ def detect_format(keys: Any, path: str = "weights") -> str:
 # ------------------------------------------------------------------------------------------- conversion
 
 def _head_layers(spec: VariantSpec) -> frozenset[str]:
-    """The names of a variant's score layers and upsamplers (every head, every stream)."""
-    names = {f"score_fr{stream.suffix}{head.suffix}" for stream in spec.streams for head in spec.heads}
-    names |= {f"score_{skip}{head.suffix}" for skip in spec.skips for head in spec.heads}
-    return frozenset(names | {u.name + head.suffix for u in spec.upsamplers for head in spec.heads})
+    """The names of a variant's score layers and upsamplers (every skip head, every stream)."""
+    skips = [h.args for h in spec.heads if h.kind == "skip"]
+    return frozenset(name for skip in skips for name in skip.score_names(spec.streams) + skip.upsampler_names())
 
 
 @functools.lru_cache(maxsize=None)
@@ -399,7 +398,7 @@ def _fcn_variant_of(keys: set[str], path: str) -> str | None:
     first, then, among variants with the same head, every key: backbone and input differ). fcn8s and
     fcn8s-atonce have the same keys and are told apart by the file name (``*atonce*``)."""
     heads = {key.rsplit(".", 1)[0] for key in keys if key.startswith(("score", "upscore"))}
-    found = [v for v in VARIANTS if v != "fcn8s-atonce" and _head_layers(get_variant(v)) == heads]
+    found = [v for v in VARIANTS if v != "fcn8s-atonce" and skip_specs(v) and _head_layers(get_variant(v)) == heads]
     if len(found) > 1:
         found = [v for v in found if _variant_keys(v) == set(keys)]
     if len(found) != 1:
@@ -413,7 +412,7 @@ def first_score_key(variant: str) -> str:
     """The ``fcn``-format key of the first head's (first stream's) ``score_fr`` weight: its rows are the
     classes."""
     spec = get_variant(variant)
-    return f"score_fr{spec.streams[0].suffix}{spec.heads[0].suffix}.weight"
+    return f"{skip_specs(variant)[0].score_names(spec.streams)[0]}.weight"
 
 
 def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str], variant: str | None = None,
@@ -529,7 +528,7 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
 def load(path: str, variant: str | None = None, num_classes: int | None = None, *, width: float = 1.0,
          convention: str | None = None, default_variant: str | None = None,
          default_classes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A weights file -> (params tree (float32 NumPy, HWIO kernels), meta) for an FCN.
+    """A weights file -> (variables ``{'params': tree}`` (float32 NumPy, HWIO kernels), meta) for an FCN.
 
     ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5) or a Caffe
     .caffemodel (a reference FCN or the ImageNet VGG16).
@@ -590,7 +589,7 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
             "preprocessing_from": how, "format": fmt, "source": os.path.abspath(path)}
     log.info("loaded %s weights from %s for %s (%d classes), preprocessing %s (%s)",
              fmt, path, variant, num_classes, detected, how)
-    return params, meta
+    return {"params": params}, meta
 
 
 __all__ = ["FORMATS", "SUFFIXES", "WeightsError", "detect_format", "load", "param_shapes", "params_from_tensors",

@@ -187,9 +187,10 @@ def net_layers(conv1_pad: int, fc6_pad: int, upscore_pad: int) -> list[tuple[str
 
 def test_crop_offset_from_caffe_coord_map() -> None:
     offset = coord_map_offset(net_layers(100, 0, 0))
-    assert offset == 18 and get_variant(VARIANT).final_offset == offset
+    assert offset == 18 and get_variant(VARIANT).heads[0].args.final_offset == offset
     spec = get_variant(VARIANT)
-    assert spec.backbone == "alexnet" and spec.skips == () and tuple(spec.upsamplers) == (("upscore", 63, 32),)
+    assert spec.backbone == "alexnet" and spec.heads[0].args.skips == ()
+    assert tuple(spec.heads[0].args.upsamplers) == (("upscore", 63, 32),)
     # padding='same': the leading pads the model uses (conv1 1, pools 0, fc6 3) and the same head's upsampler
     # pad (63 - 32) // 2 = 15 put output pixel j on input pixel j, so the crop at 0 is aligned.
     assert alexnet.SAME_CONV1_PAD[0] == 1 and alexnet.SAME_FC6_PAD[0] == 3

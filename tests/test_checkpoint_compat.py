@@ -9,6 +9,7 @@ step 4 by path. Those files are never rewritten: they are the old format.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,31 @@ def test_old_checkpoint_loads_and_computes_what_it_did(expected, step):
     x = fcn_jax.preprocess(expected["image"], info.preprocessing)
     np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected[f"logits_{step}"],
                                rtol=1e-6, atol=1e-9)
+
+
+def test_old_training_state_restores_leaf_by_leaf(expected):
+    from fcn_jax import train_lib
+    from fcn_jax.config import TrainConfig, from_dict
+    with open(os.path.join(WORKDIR, "config.json")) as f:
+        cfg = from_dict(TrainConfig, json.load(f))
+    model = cfg.model.build()
+    mesh = fcn_jax.parallel.make_mesh()
+    target = train_lib.abstract_state(cfg, model, mesh)
+    checkpoints = checkpoint.TrainCheckpointer(WORKDIR, keep=cfg.keep_checkpoints, read_only=True)
+    try:
+        state, meta, data_state = checkpoints.restore(target)
+    finally:
+        checkpoints.close()
+    assert meta.step == 4 and meta.version == 0 and int(state.step) == 4 and data_state
+    saved = {k[len("state/"):]: v for k, v in expected.items() if k.startswith("state/")}
+    canonical = lambda key: re.sub(r"\.([A-Za-z_]\w*)", r"['\1']", key)  # noqa: E731  (attribute -> key)
+    flat = {canonical(jax.tree_util.keystr(p)): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path({"params": state.params, "opt_state": state.opt_state,
+                                                              "step": state.step})[0]}
+    assert set(flat) == set(saved)
+    for key, value in saved.items():
+        np.testing.assert_array_equal(flat[key], value, err_msg=key)
+    assert not jax.tree.leaves(getattr(state, "model_state", {}))  # no collections besides params then
 
 
 def test_old_workdir_resumes_and_transfers(tmp_path):

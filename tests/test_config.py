@@ -136,7 +136,7 @@ def test_console_scripts_name_each_tool():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
     assert set(scripts) == {"fcn-train", "fcn-eval", "fcn-predict", "fcn-benchmark", "fcn-convert", "fcn-score",
-                            "fcn-export"}
+                            "fcn-dataset"}
     import importlib
     for name, target in scripts.items():
         module, function = target.split(":")

@@ -12,7 +12,8 @@ import pytest
 
 from fcn_jax import configs
 from fcn_jax.config import ModelConfig, TrainConfig, override, to_dict
-from fcn_jax.preprocess import CAFFE_MEANS, dataset_convention, resolve_inputs
+from fcn_jax.models import resolve_inputs
+from fcn_jax.preprocess import CAFFE_MEANS, dataset_convention
 
 # pascalcontext-fcn32s/solver.prototxt: base_lr: 1e-10; pascalcontext-fcn16s/solver.prototxt: base_lr: 1e-12;
 # pascalcontext-fcn8s/solver.prototxt: base_lr: 1e-14. All three: lr_policy "fixed", momentum: 0.99,

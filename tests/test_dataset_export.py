@@ -1,5 +1,6 @@
-"""fcn_jax.data.export / ``python -m fcn_jax.export``: a registered dataset written as an image folder, checked
-file by file against the examples read independently through fcn_jax.data.load_split."""
+"""fcn_jax.data.to_folder / ``python -m fcn_jax.dataset export``: a registered dataset written as an image folder,
+checked file by file against the examples read independently through fcn_jax.data.load_split; and the old
+``python -m fcn_jax.export`` form, which names the new command."""
 import os
 import subprocess
 import sys
@@ -9,13 +10,13 @@ import pytest
 from PIL import Image
 
 import fcn_jax.viz
-from fcn_jax.cli.export import main
+from fcn_jax.cli.dataset import main
 from fcn_jax.data import SHAPES_CLASSES, DataError, load_split
-from fcn_jax.data.export import export_folder
+from fcn_jax.data.to_folder import export_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = "shapes/tiny"
-PREFIX = "python -m fcn_jax.export: error: "
+PREFIX = "python -m fcn_jax.dataset export: error: "
 SPLITS = {"train": "train", "val": "validation"}  # folder -> tfds split
 
 
@@ -155,9 +156,9 @@ def test_out_dir_rules(data_dir, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["empty", "out"]  # nothing half-written left
 
 
-def test_python_m_fcn_jax_export(data_dir, examples, tmp_path):
+def test_python_m_fcn_jax_dataset_export(data_dir, examples, tmp_path):
     out = str(tmp_path / "shapes_folder")
-    proc = subprocess.run([sys.executable, "-m", "fcn_jax.export", DATASET, out, "--data-dir", data_dir,
+    proc = subprocess.run([sys.executable, "-m", "fcn_jax.dataset", "export", DATASET, out, "--data-dir", data_dir,
                            "--limit", "3"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == (f"wrote {out} from {DATASET}: classes.txt, train 3 images, val 3 images "
@@ -181,7 +182,34 @@ def test_cli_user_errors_are_one_line(data_dir, tmp_path, capsys):
         ([DATASET, str(tmp_path / "a"), "--splits", "train,,"], "argument --splits: expected comma-separated"),
     ]
     for argv, message in cases:
-        assert main(argv + ["--data-dir", data_dir, "--no-progress"]) == 2, argv
+        assert main(["export"] + argv + ["--data-dir", data_dir, "--no-progress"]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(PREFIX) and message in err[0], (argv, err)
     assert sorted(os.listdir(tmp_path)) == ["full"]
+
+
+def test_cli_needs_a_command(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m fcn_jax.dataset: error: ") and "COMMAND" in err[0], err
+    assert main(["--help"]) == 0 and "export" in capsys.readouterr().out
+    assert main(["export", "--help"]) == 0 and "--image-format" in capsys.readouterr().out
+
+
+def test_old_python_m_fcn_jax_export_names_the_new_command(tmp_path, capsys):
+    """``python -m fcn_jax.export`` is for model export now: the old dataset form gets one line and exit 2."""
+    from fcn_jax import export
+    out = str(tmp_path / "my folder")
+    assert export.main([DATASET, out, "--limit", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "python -m fcn_jax.export: error: fcn_jax.export no longer exports datasets (the name is for model export); "
+        f"to export a dataset to a folder use: python -m fcn_jax.dataset export {DATASET} '{out}' --limit 3"]
+    proc = subprocess.run([sys.executable, "-m", "fcn_jax.export", "shapes", out], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "python -m fcn_jax.export: error: fcn_jax.export no longer exports datasets (the name is for model export); "
+        f"to export a dataset to a folder use: python -m fcn_jax.dataset export shapes '{out}'"]
+    assert not os.path.exists(out)

@@ -105,7 +105,8 @@ def test_eval_step_hist_equals_numpy_and_preds_are_argmax():
     variables = random_variables(model)
     batch = batches(make_examples(SIZES[:2]), 2, 32)[0]
     step = make_eval_step(model, N)
-    hist, preds = step(put_replicated(variables["params"], make_mesh()), batch.image, batch.label)
+    hists, preds = step(put_replicated(variables["params"], make_mesh()), batch.image, batch.label)
+    hist, preds = hists["out"], preds["out"]
     want_preds = np.asarray(jnp.argmax(model.apply(variables, batch.image), -1))
     assert len(np.unique(want_preds)) > 1  # a non-trivial prediction
     np.testing.assert_array_equal(np.asarray(preds), want_preds)
@@ -123,7 +124,7 @@ def test_bucketing_and_padding_do_not_change_metrics(flip):
     assert exact.num_images == padded.num_images == len(source)
     np.testing.assert_array_equal(exact.hist, padded.hist)
     assert exact.scores["mean_iu"] == padded.scores["mean_iu"]
-    predict = jax.jit(lambda v, x: jnp.argmax(class_scores(model, v, x, flip=flip), -1))
+    predict = jax.jit(lambda v, x: jnp.argmax(class_scores(model, v, x, flip=flip)["out"], -1))
     want = sum(numpy_hist(e["segmentation"], predict(variables, preprocess(e["image"][None])), N) for e in source)
     np.testing.assert_array_equal(padded.hist, want)
     assert padded.hist.sum() == sum(int(np.sum(e["segmentation"] < N)) for e in source)
@@ -140,7 +141,7 @@ def test_flip_mirrors_each_image_within_its_width():
     image = preprocess(np.random.default_rng(4).integers(0, 256, (2, 7, 9, 3), dtype=np.uint8))
     soft = lambda z: np.asarray(jax.jit(lambda v, z: jax.nn.softmax(model.apply(v, z), -1))(variables, z))  # noqa: E731
     want = (soft(image) + soft(image[:, :, ::-1])[:, :, ::-1]) / 2
-    got = jax.jit(lambda v, x: class_scores(model, v, x, flip=True))(variables, image)
+    got = jax.jit(lambda v, x: class_scores(model, v, x, flip=True)["out"])(variables, image)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
 
 
@@ -148,13 +149,14 @@ def test_multi_scale_averages_probabilities():
     model = PixelModel(ramp=0.0)  # per-pixel only: a constant image scores the same at every scale
     variables = random_variables(model, seed=5)
     image = jnp.full((1, 10, 14, 3), 20.0)
-    out = np.asarray(jax.jit(lambda v, x: class_scores(model, v, x, flip=True, scales=(0.5, 1.0, 1.5)))(
+    out = np.asarray(jax.jit(lambda v, x: class_scores(model, v, x, flip=True, scales=(0.5, 1.0, 1.5))["out"])(
         variables, image))
     assert out.shape == (1, 10, 14, N)
     np.testing.assert_allclose(out.sum(-1), 1, rtol=1e-5)
     np.testing.assert_allclose(out, np.asarray(jax.nn.softmax(model.apply(variables, image), -1)), rtol=1e-5)
     fcn = create_model("fcn32s", N, width=1 / 16)
-    out = jax.jit(lambda v, x: class_scores(fcn, v, x, scales=(0.5,)))(random_variables(fcn), jnp.zeros((2, 21, 19, 3)))
+    out = jax.jit(lambda v, x: class_scores(fcn, v, x, scales=(0.5,))["out"])(random_variables(fcn),
+                                                                              jnp.zeros((2, 21, 19, 3)))
     assert out.shape == (2, 21, 19, N)
 
 

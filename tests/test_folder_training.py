@@ -15,7 +15,7 @@ from PIL import Image
 
 from fcn_jax import checkpoint
 from fcn_jax.config import ModelConfig
-from fcn_jax.data.export import export_folder
+from fcn_jax.data.to_folder import export_folder
 from test_evaluate import random_variables
 
 WIDTH = "0.0625"

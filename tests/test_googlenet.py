@@ -109,7 +109,7 @@ class TorchFCNGoogLeNet(nn.Module):
             if name in ("3b", "4e"):
                 x = self.pool(x, 3 if name == "3b" else 4)
         y = self.upscore(self.score_fr(x))
-        offset = 0 if self.same else SPECS["fcn-googlenet"].final_offset
+        offset = 0 if self.same else SPECS["fcn-googlenet"].heads[0].args.final_offset
         return y[:, :, offset:offset + height, offset:offset + width]
 
 
@@ -311,8 +311,9 @@ def crop_offset(upscore: tuple[int, int, int], conv1_pad: int, pool_pads: tuple[
 
 
 def test_crop_offsets_follow_caffe_coord_maps() -> None:
-    spec = SPECS["fcn-googlenet"]
-    assert spec.backbone == "googlenet" and spec.skips == () and len(spec.upsamplers) == 1
+    assert SPECS["fcn-googlenet"].backbone == "googlenet"
+    spec = SPECS["fcn-googlenet"].heads[0].args
+    assert spec.skips == () and len(spec.upsamplers) == 1
     name, k, s = spec.upsamplers[0]
     assert (name, k, s) == ("upscore", 63, 32)
     offset = crop_offset((k, s, 0), CONV1_PAD, (0, 0, 0, 0))

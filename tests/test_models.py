@@ -227,11 +227,12 @@ def test_registry_upsamplers_follow_backbone_strides(variant):
     """Each upsampler brings the running stride to the next skip's, and the last one to the input's."""
     spec = get_variant(variant)
     strides = BACKBONES[spec.backbone].STRIDES
-    stride = strides["top"]
-    for up, target in zip(spec.upsamplers, [strides[s] for s in spec.skips] + [1]):
-        stride //= up.stride
-        assert stride == target and up.kernel in (2 * up.stride, 2 * up.stride - 1)  # AlexNet's is 63
-    assert upsampler_names(variant) == tuple(u.name + h.suffix for h in spec.heads for u in spec.upsamplers)
+    for head in spec.heads:
+        skip, stride = head.args, strides["top"]
+        for up, target in zip(skip.upsamplers, [strides[s] for s in skip.skips] + [1]):
+            stride //= up.stride
+            assert stride == target and up.kernel in (2 * up.stride, 2 * up.stride - 1)  # AlexNet's is 63
+    assert upsampler_names(variant) == tuple(u.name + h.args.suffix for h in spec.heads for u in h.args.upsamplers)
 
 
 # Caffe's coord_map (fcn.berkeleyvision.org, caffe/python/caffe/coord_map.py): a layer maps bottom coordinates to
@@ -283,7 +284,7 @@ def _maps_at(names):
 @pytest.mark.parametrize("variant,skips,final", [("fcn32s", (), 19), ("fcn16s", (5,), 27), ("fcn8s", (5, 9), 31),
                                                  ("fcn8s-atonce", (5, 9), 31)])
 def test_crop_offsets_from_caffe_coord_maps(variant, skips, final):
-    spec = get_variant(variant)
+    spec = get_variant(variant).heads[0].args
     assert [tuple(u) for u in spec.upsamplers] == DECONVS[variant]
     data = (Fraction(1), Fraction(0))
     y, pool4, pool3 = _maps_at(["score", "pool4", "pool3"])  # score_pool* are 1x1: same map as the pool
@@ -305,7 +306,7 @@ def test_registry_table_and_checks():
     for v in VARIANTS:
         spec = get_variant(v)
         assert check_variant(v) == v and spec.backbone in BACKBONES and spec.description
-        assert spec.feature_scales == ((0.01, 0.0001) if v == "fcn8s-atonce" else None)
+        assert spec.heads[0].args.feature_scales == ((0.01, 0.0001) if v == "fcn8s-atonce" else None)
     assert check_padding("same") == "same"
     with pytest.raises(ValueError, match="unknown FCN variant 'fcn4s'.*fcn8s-atonce"):
         check_variant("fcn4s")

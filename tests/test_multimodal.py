@@ -26,8 +26,10 @@ from fcn_jax import data
 from fcn_jax.config import ModelConfig, TrainConfig
 from fcn_jax.data import nyud, pascal_context, sift_flow
 from fcn_jax.data.pipeline import EvalBatch, TrainInput, eval_batches, read_fields, train_iterator
+from fcn_jax.models import outputs as model_outputs
+from fcn_jax.models import resolve_inputs
 from fcn_jax.preprocess import (CAFFE_MEANS, CONVENTIONS, MEAN_HHA, MEAN_LOG_DEPTH, compose, convention_family,
-                                deprocess, display_image, head_targets, preprocess, resolve_inputs)
+                                deprocess, display_image, preprocess)
 
 WIDTH = 1 / 16
 
@@ -111,9 +113,11 @@ def test_inputs_against_variants_and_heads_against_labels():
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="inputs='rgbd' is not one of"):
         TrainConfig(inputs="rgbd")
-    assert [tuple(t) for t in head_targets("siftflow-fcn8s", 33)] == [("sem", "label", "segmentation", 33),
-                                                                      ("geo", "label_geo", "geometric", 3)]
-    assert [tuple(t) for t in head_targets("nyud-fcn32s-color-hha", 40)] == [("", "label", "segmentation", 40)]
+    described = lambda v, n: [(o.name, o.batch_key, o.label_field, o.classes, o.loss_weight, o.evaluated)  # noqa: E731
+                              for o in model_outputs(v, n)]
+    assert described("siftflow-fcn8s", 33) == [("sem", "label", "segmentation", 33, 1.0, True),
+                                               ("geo", "label_geo", "geometric", 3, 1.0, True)]
+    assert described("nyud-fcn32s-color-hha", 40) == [("out", "label", "segmentation", 40, 1.0, True)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,9 +232,8 @@ def test_two_head_loss_is_the_sum_of_each_heads_loss(loss):
     """siftflow-fcn*/net.py: SoftmaxWithLoss(score_sem, sem) + SoftmaxWithLoss(score_geo, geo), normalize false,
     ignore 255, loss weight 1 each; 'mean' divides each head's sum by its own labelled pixels. The functions
     train_step composes, run eagerly (the loops below run them inside the compiled step)."""
-    from fcn_jax.train_lib import head_losses, loss_scales, total_loss
-    cfg = TrainConfig(model=ModelConfig("siftflow-fcn32s", 33, WIDTH), loss=loss, batch_size=2)
-    targets = head_targets("siftflow-fcn32s", 33)
+    from fcn_jax.train_lib import loss_scales, output_losses, total_loss
+    outputs = model_outputs("siftflow-fcn32s", 33)
     batch = two_head_batch()
     model = TwoHeadPixelModel()
     params = model.init(jax.random.key(1), batch["image"])["params"]
@@ -240,12 +243,12 @@ def test_two_head_loss_is_the_sum_of_each_heads_loss(loss):
     want = {"sum": ((ce_sem + ce_geo) / 2, ce_sem / 2, ce_geo / 2),  # Caffe normalize: false, / batch size
             "mean": (ce_sem / n_sem + ce_geo / n_geo, ce_sem / n_sem, ce_geo / n_geo)}[loss]
     labels = {k: batch[k] for k in ("label", "label_geo")}
-    scales, counts = loss_scales(labels, targets, cfg, 2)
-    totals = head_losses(logits, labels, targets)
-    got = (float(total_loss(totals, scales, targets)), float(totals["label"] * scales["label"]),
-           float(totals["label_geo"] * scales["label_geo"]))
+    scales, counts = loss_scales(labels, outputs, loss, 2)
+    totals = output_losses(logits, labels, outputs)
+    got = (float(total_loss(totals, scales, outputs)), float(totals["sem"] * scales["sem"]),
+           float(totals["geo"] * scales["geo"]))
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert (float(counts["label"]), float(counts["label_geo"])) == (n_sem, n_geo)
+    assert (float(counts["sem"]), float(counts["geo"])) == (n_sem, n_geo)
 
 
 def test_per_head_confusion_matrices_equal_fast_hist():
@@ -359,7 +362,7 @@ def test_siftflow_trains_validates_and_evaluates_both_heads(built, tmp_path, cap
 
 def test_nyud_color_hha_trains_and_evaluates(built, tmp_path, capsys):
     from fcn_jax.cli import eval as eval_cli
-    from fcn_jax.inference import check_rgb_model
+    from fcn_jax.models import require
     from fcn_jax.train_lib import train_and_evaluate
     cfg = loop_config("nyud-fcn32s-color-hha", 40, "nyud", built, "caffe-nyud")
     workdir = str(tmp_path / "run")
@@ -380,7 +383,7 @@ def test_nyud_color_hha_trains_and_evaluates(built, tmp_path, capsys):
     assert eval_cli.main(["--ckpt", workdir, "--inputs", "image+depth", "--json", out, "--no-progress"]) == 2
     assert "--inputs image+depth makes 4 input channels but nyud-fcn32s-color-hha takes 6" in capsys.readouterr().err
     with pytest.raises(ValueError, match="nyud-fcn32s-color-hha takes BGR image"):
-        check_rgb_model(cfg.model.build())
+        require(cfg.model.variant, rgb=True, single_output=True, tool="Inference / predict.py")
 
 
 def test_a_weights_file_without_a_convention_takes_the_datasets_mean():

@@ -285,7 +285,7 @@ def test_late_fusion_starts_from_one_fcn_per_stream(tmp_path: Path) -> None:
     fresh = jax.tree.map(np.asarray, fcn_jax.models.initial_variables(cfg.build(), jax.random.key(0))["params"])
     lines = []
     init = ",".join(f"{stream}={path}" for stream, (path, _) in sources.items())
-    params, _ = loading.init_params(cfg, fresh, init, keep=("upscore",), report=lines.append)
+    params, _ = loading.init_variables(cfg, fresh, init, keep=("upscore",), report=lines.append)
     for stream, (_, state) in sources.items():
         np.testing.assert_array_equal(params[f"backbone_{stream}"]["conv2_1"]["kernel"],
                                       state["conv2_1.weight"].transpose(2, 3, 1, 0))
@@ -295,7 +295,7 @@ def test_late_fusion_starts_from_one_fcn_per_stream(tmp_path: Path) -> None:
     assert "backbone_color (15 layers), backbone_hha (15 layers), score_frcolor, score_frhha" in lines[0]
     assert "upscore (bilinear, fixed)" in lines[0]
     with pytest.raises(ValueError, match=r"needs exactly one source per stream: color=PATH,hha=PATH"):
-        loading.init_params(cfg, fresh, f"color={sources['color'][0]}", keep=())
+        loading.init_variables(cfg, fresh, f"color={sources['color'][0]}", keep=())
 
 
 def test_convert_names_a_reference_models_classes_and_mean(tmp_path: Path) -> None:

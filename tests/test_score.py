@@ -235,6 +235,21 @@ def test_python_m_fcn_jax_score(tmp_path):
     assert list(record["per_class_iu"]) == ["0", "1", "2"]
 
 
+
+def test_the_library_does_not_import_the_cli():
+    """The CLI imports fcn_jax.score, never the reverse: importing the library loads no fcn_jax.cli module, and
+    the library names the CLI only inside its ``__main__`` block."""
+    code = ("import sys, fcn_jax.score\n"
+            "print(sorted(m for m in sys.modules if m.startswith('fcn_jax.cli')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "[]"
+    with open(os.path.join(ROOT, "fcn_jax", "score.py")) as f:
+        source = f.read()
+    library, main_block = source.split('\nif __name__ == "__main__":')
+    assert "fcn_jax.cli" not in library.split('"""', 2)[2]  # past the docstring
+    assert "from fcn_jax.cli.score import main" in main_block
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     rng = np.random.default_rng(5)
     pairs = [random_pair(rng, (6, 8), 4) for _ in range(5)]

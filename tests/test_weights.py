@@ -421,7 +421,7 @@ def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) ->
     fresh = jax.tree.map(np.asarray, fcn_jax.create_model("fcn16s", 3, width=WIDTH).init(
         jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))["params"])
     vgg = random_tensors("vgg16-torch", seed=5)
-    params, info = loading.init_params(target_cfg, fresh, str(vgg16_file))
+    params, info = loading.init_variables(target_cfg, fresh, str(vgg16_file))
     np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"], vgg["features.0.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params["backbone"]["fc7"]["bias"], vgg["classifier.3.bias"])
     jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in params.items() if k != "backbone"},
@@ -429,7 +429,7 @@ def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) ->
     assert info.preprocessing == "caffe"
 
     fcn = random_tensors("fcn", "fcn32s", num_classes=21, seed=8)  # 21 classes -> a 3-class fcn16s
-    params, _ = loading.init_params(target_cfg, fresh, str(_write(tmp_path / "fcn32s_voc.npz", fcn)))
+    params, _ = loading.init_variables(target_cfg, fresh, str(_write(tmp_path / "fcn32s_voc.npz", fcn)))
     np.testing.assert_array_equal(params["backbone"]["fc6"]["kernel"], fcn["fc6.weight"].transpose(2, 3, 1, 0))
     for name in ("score_fr", "score_pool4", "upscore2", "upscore16"):  # shapes differ or absent: at init
         jax.tree.map(np.testing.assert_array_equal, params[name], fresh[name])
@@ -438,7 +438,7 @@ def test_init_params_from_each_kind_of_path(vgg16_file: Path, tmp_path: Path) ->
     source = fcn_jax.load_weights(str(tmp_path / "fcn32s_voc.npz"), width=WIDTH)
     checkpoint.save_model(ckpt, source, checkpoint.model_meta(ModelConfig("fcn32s", 21, width=WIDTH),
                                                               [f"c{i}" for i in range(21)], "caffe"))
-    from_dir, info = loading.init_params(target_cfg, fresh, ckpt)
+    from_dir, info = loading.init_variables(target_cfg, fresh, ckpt)
     jax.tree.map(np.testing.assert_array_equal, from_dir, params)
     assert info.class_names[3] == "c3"
 
@@ -466,7 +466,7 @@ def test_fine_tune_from_voc_fcn8s_to_new_classes(tmp_path: Path) -> None:
     fresh = dict(initial_variables(target_cfg.build(), jax.random.PRNGKey(0))["params"])
     fresh["backbone"] = jax.tree.map(lambda a: np.full(a.shape, 7.0, np.float32), fresh["backbone"])  # sentinel
     lines: list[str] = []
-    params, info = loading.init_params(target_cfg, fresh, path, report=lines.append)
+    params, info = loading.init_variables(target_cfg, fresh, path, report=lines.append)
     for layer in ("conv1_1", "conv3_3", "conv5_3", "fc6", "fc7"):
         np.testing.assert_array_equal(params["backbone"][layer]["kernel"], fcn[f"{layer}.weight"].transpose(2, 3, 1, 0))
         np.testing.assert_array_equal(params["backbone"][layer]["bias"], fcn[f"{layer}.bias"])

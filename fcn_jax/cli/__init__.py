@@ -1,5 +1,5 @@
 """The command-line tools: ``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-benchmark``, ``fcn-convert``,
-``fcn-score``, ``fcn-export``.
+``fcn-score``, ``fcn-dataset``.
 
 One module per tool (:mod:`fcn_jax.cli.train`, ...), each with ``main(argv) -> exit code``; the root
 scripts ``train.py`` etc. and the console scripts call them. This module holds what they share:

@@ -14,9 +14,10 @@ import jax
 
 from fcn_jax import benchmark as bench
 from fcn_jax import cli, platform
+from fcn_jax import io as fcn_io
 from fcn_jax.cli import ArgumentParser
 from fcn_jax.config import DTYPES
-from fcn_jax.models import PADDINGS, VARIANTS, get_variant
+from fcn_jax.models import PADDINGS, VARIANTS, supports
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -67,15 +68,11 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> bench.Benchm
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes ``data`` as indented JSON to ``path`` ('-' for stdout), creating parent directories."""
-    text = json.dumps(data, indent=2) + "\n"
+    """Writes ``data`` as indented JSON to ``path`` ('-' for stdout; a file atomically, see :mod:`fcn_jax.io`)."""
     if path == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    fcn_io.write_json(path, data)
 
 
 def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
@@ -88,12 +85,7 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     return parser
 
 
-def _benchmarked(variant: str) -> bool:
-    spec = get_variant(variant)
-    return spec.in_channels == 3 and not spec.multi_head
-
-
-BENCHMARKED = tuple(v for v in VARIANTS if _benchmarked(v))
+BENCHMARKED = tuple(v for v in VARIANTS if supports(v, rgb=True, single_output=True))
 
 
 def check_json_path(path: str | None) -> None:

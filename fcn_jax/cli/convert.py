@@ -78,7 +78,7 @@ def _class_names(path: str | None, num_classes: int, recorded: Sequence[str] | N
     if dataset is not None:  # a reference model of another dataset: its classes
         from fcn_jax import data
         return list(data.dataset_meta(dataset).class_names)
-    from fcn_jax.data.voc import VOC_CLASSES
+    from fcn_jax.classes import VOC_CLASSES
     if num_classes != len(VOC_CLASSES):
         raise UsageError(f"--class-names: required for {num_classes} classes (the default names are the "
                          f"{len(VOC_CLASSES)} PASCAL VOC classes)")
@@ -140,7 +140,7 @@ def convert(args: argparse.Namespace) -> str:
     else:
         checkpoint.save_model(args.out, variables, meta)
     return (f"wrote {args.out}: {config.variant}, {config.num_classes} classes, width {config.width:g}, "
-            f"preprocessing {meta['preprocessing']}, from {meta['source_format']} weights {args.src}")
+            f"preprocessing {meta.preprocessing}, from {meta.extra['source_format']} weights {args.src}")
 
 
 @user_errors(PROG)

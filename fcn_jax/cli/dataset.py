@@ -1,8 +1,9 @@
-"""``python -m fcn_jax.export DATASET OUT_DIR`` / ``fcn-export``: write a registered dataset as an image folder.
+"""``python -m fcn_jax.dataset COMMAND`` / ``fcn-dataset``: dataset tools.
 
-The folder (layout in :mod:`fcn_jax.data.export`) holds ``classes.txt``, ``images/{train,val}/`` and
-palette-PNG ``masks/{train,val}/``; the training and evaluation tools read it back, and
-``python -m fcn_jax.score`` scores predictions against its masks. The dataset is built first if needed.
+``export DATASET OUT_DIR`` writes a registered dataset as an image folder (layout in
+:mod:`fcn_jax.data.to_folder`): ``classes.txt``, ``images/{train,val}/`` and palette-PNG
+``masks/{train,val}/``; the training and evaluation tools read it back, and ``python -m fcn_jax.score``
+scores predictions against its masks. The dataset is built first if needed.
 Exit status 0, or 2 for bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fcn_jax.cli import ArgumentParser, UsageError, user_errors
 
-PROG = "python -m fcn_jax.export"
+PROG = "python -m fcn_jax.dataset"
+EXPORT_PROG = f"{PROG} export"
 
 
 def parse_splits(text: str) -> tuple[str, ...]:
@@ -25,10 +28,25 @@ def parse_splits(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> ArgumentParser:
-    """The ``fcn-export`` command line."""
-    from fcn_jax.data.export import IMAGE_FORMATS
+    """The ``fcn-dataset`` command line: one subcommand per tool (today ``export``)."""
     parser = ArgumentParser(
         prog=PROG,
+        description="Dataset tools.",
+        epilog="examples:\n"
+               f"  {EXPORT_PROG} shapes/tiny /tmp/shapes_folder\n"
+               f"  {EXPORT_PROG} --help\n"
+               "exit status: 0 ok, 2 bad input (one line on stderr)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_export_parser(commands)
+    return parser
+
+
+def add_export_parser(commands: Any) -> ArgumentParser:
+    """``export DATASET OUT_DIR``: the flags of the folder export (``commands``: ``add_subparsers``' result)."""
+    from fcn_jax.data.to_folder import IMAGE_FORMATS
+    parser = commands.add_parser(
+        "export", prog=EXPORT_PROG, help="write a registered dataset as an image folder",
         description="Export a registered dataset (e.g. shapes/tiny, voc_segmentation/sbd_fcn) to the folder format:\n"
                     "OUT_DIR/classes.txt ('name R G B' per class, VOC colours, then 'void 224 224 192'),\n"
                     "OUT_DIR/images/{train,val}/<stem>.png|jpg and OUT_DIR/masks/{train,val}/<stem>.png (palette\n"
@@ -54,16 +72,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-@user_errors(PROG, interrupted="nothing was written (the partial export was removed)")
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (0 ok, 2 bad input, reported as one line on stderr)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already reported on one line
-        return int(e.code or 0)
+@user_errors(EXPORT_PROG, interrupted="nothing was written (the partial export was removed)")
+def export(args: argparse.Namespace) -> int:
+    """``export``: writes the folder and prints one summary line; returns 0 (bad input: 2, one line)."""
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    from fcn_jax.data.export import export_folder
+    from fcn_jax.data.to_folder import export_folder
     from fcn_jax.platform import quiet_third_party_logs
     quiet_third_party_logs()
     counts = export_folder(args.dataset, args.out_dir, data_dir=args.data_dir, splits=args.splits,
@@ -73,6 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {args.out_dir} from {args.dataset}: classes.txt, {written} ({args.image_format}; "
           f"masks as palette PNGs)")
     return 0
+
+
+COMMANDS = {"export": export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0 ok, 2 bad input, reported as one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported on one line
+        return int(e.code or 0)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ import numpy as np
 
 from fcn_jax import platform
 from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, load_ckpt, user_errors
-from fcn_jax.evaluate import evaluate, head_class_names, local_rows, model_targets
+from fcn_jax.evaluate import evaluate, local_rows, model_outputs
 from fcn_jax.metrics import format_table
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh
-from fcn_jax.preprocess import (CAFFE, CONVENTIONS, INPUTS, convention_family, dataset_convention, display_image,
-                                resolve_inputs)
+from fcn_jax.io import write_json
+from fcn_jax.models import resolve_inputs
+from fcn_jax.models.outputs import label_fields
+from fcn_jax.preprocess import CAFFE, CONVENTIONS, INPUTS, convention_family, dataset_convention, display_image
 
 if TYPE_CHECKING:
     from fcn_jax.data.pipeline import EvalBatch
@@ -194,8 +196,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     except ValueError as e:
         raise UsageError(str(e)) from None
     convention, convention_from = eval_convention(model, dataset, config.preprocessing)
-    targets = model_targets(model.config.build(), n)
-    labels = tuple((t.batch_key, t.field) for t in targets)
+    outputs = model_outputs(model.config.build(), n)  # the scored ones
+    labels = label_fields(outputs)
     if tuple(ds.class_names) != model.class_names:
         print(f"warning: the checkpoint's class names differ from {dataset}'s; reporting the checkpoint's",
               file=sys.stderr)
@@ -244,11 +246,11 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         print(f"input: {inputs}, preprocessing {convention} ({convention_from})")
     batches = eval_batches(source, batch_size=batch_size, convention=convention, bucket_multiple=bucket,
                            sizes=sizes, sharding=data_sharding(mesh), inputs=inputs, labels=labels)
-    result = evaluate(model.config.build(), variables["params"], batches, n, mesh=mesh, flip=config.flip,
+    result = evaluate(model.config.build(), variables, batches, n, mesh=mesh, flip=config.flip,
                       scales=config.scales, on_batch=saver, progress=config.progress,
                       total=ds.splits[split] if jax.process_count() == 1 else None)
     s = result.scores
-    names = head_class_names(targets, model.class_names)
+    names = {o.name: o.class_names(model.class_names) for o in outputs}
     record = {
         "checkpoint": os.path.abspath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
         "commit": platform.git_commit(), "variant": variant, "num_classes": n,
@@ -259,22 +261,20 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "tta": {"flip": config.flip, "scales": list(config.scales)},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if len(targets) > 1:
-        record["heads"] = {t.head: dict(_head_record(result.heads[t.head].scores, names[t.head]),
-                                        num_classes=t.num_classes, labels=t.field) for t in targets}
+    if len(outputs) > 1:
+        record["heads"] = {o.name: dict(_head_record(result.heads[o.name].scores, names[o.name]),
+                                        num_classes=o.classes, labels=o.label_field) for o in outputs}
     if jax.process_index() == 0:
         print(f"{variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
               f"{result.images_per_s:.1f} images/s ({result.seconds:.1f} s incl. compilation)")
-        if len(targets) == 1:
+        if len(outputs) == 1:
             print(format_table(s, model.class_names))
         else:
-            for t in targets:
-                print(f"\n{t.head} head ({t.num_classes} classes, labels '{t.field}'):")
-                print(format_table(result.heads[t.head].scores, names[t.head], present=True))
+            for o in outputs:
+                print(f"\n{o.name} head ({o.classes} classes, labels '{o.label_field}'):")
+                print(format_table(result.heads[o.name].scores, names[o.name], present=True))
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-            with open(json_path, "w") as f:
-                json.dump(record, f, indent=2)
+            write_json(json_path, record)
         except OSError as e:
             raise UsageError(f"--json {json_path}: {e}") from e
         print(f"results written to {json_path}")

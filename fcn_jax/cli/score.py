@@ -8,7 +8,6 @@ table; ``--json FILE`` writes the scores. Exit status 0, or 2 for bad input (one
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from fcn_jax.cli import ArgumentParser, UsageError, user_errors
+from fcn_jax.io import write_json
+from fcn_jax.score import score_dirs
 
 PROG = "python -m fcn_jax.score"
 
@@ -70,7 +71,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from fcn_jax.data.common import DataError
     from fcn_jax.data.folder import read_classes
     from fcn_jax.metrics import format_table
-    from fcn_jax.score import score_dirs
 
     if args.num_classes is not None and not 1 <= args.num_classes <= 255:
         raise UsageError(f"--num-classes must be in 1..255 (255 is void), got {args.num_classes}")
@@ -97,9 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = record(result, args.pred_dir, args.gt_dir, args.classes)
     if args.json_path:
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
-            with open(args.json_path, "w") as f:
-                json.dump(out, f, indent=2)
+            write_json(args.json_path, out)
         except OSError as e:
             raise UsageError(f"--json {args.json_path}: {e.strerror or e}") from None
         print(f"results written to {args.json_path}")

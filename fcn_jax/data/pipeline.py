@@ -68,8 +68,8 @@ import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 from PIL import Image
 
-from fcn_jax.preprocess import DEPTH, IMAGE, LABEL, SEGMENTATION, VOID, check_convention, check_inputs, compose, \
-    input_fields
+from fcn_jax.models.outputs import LABEL, SEGMENTATION
+from fcn_jax.preprocess import DEPTH, IMAGE, VOID, check_convention, check_inputs, compose, input_fields
 
 MODES = ("reference", "modern")
 SAMPLINGS = ("epoch", "replacement")

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from fcn_jax.classes import GEOMETRIC_CLASSES
 from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT
 from fcn_jax.data.pascal_context import (Item, ManualSource, ManualSourceBuilder, ManualSourceConfig, check_same_size,
                                          check_values, list_file, read_mat_field, read_rgb, source_line)
@@ -51,7 +52,6 @@ SIFT_FLOW_CLASSES: tuple[str, ...] = (
     "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock", "sand",
     "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window",
 )
-GEOMETRIC_CLASSES: tuple[str, ...] = ("sky", "horizontal", "vertical")
 ABSENT_FROM_TEST: tuple[str, ...] = ("cow", "desert", "moon")
 UNANNOTATED: tuple[str, ...] = ("highway_bost181", "street_urb506")
 MEAN_BGR: tuple[float, float, float] = (114.578, 115.294, 108.353)  # siftflow_layers.py `self.mean`

@@ -54,16 +54,12 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from fcn_jax.classes import VOC_CLASSES
 from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
 from fcn_jax.preprocess import VOID
 
 log = logging.getLogger(__name__)
 
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
 NUM_CLASSES = len(VOC_CLASSES)
 
 _VOC_MEMBERS = r"JPEGImages/[^/]+\.jpg|SegmentationClass/[^/]+\.png|ImageSets/Segmentation/[^/]+\.txt"

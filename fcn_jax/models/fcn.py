@@ -1,7 +1,7 @@
-"""The FCN model: a backbone (``backbones.BACKBONES``) plus the skip head of a variant (``registry``).
+"""The FCN model: a backbone (``backbones.BACKBONES``) plus the heads of a variant (``registry``).
 
-Parameter tree (names as in pytorch-fcn's state dicts and the reference's Caffe nets, so foreign weights
-map by name)::
+Parameter tree of the Caffe family (names as in pytorch-fcn's state dicts and the reference's Caffe nets,
+so foreign weights map by name)::
 
     backbone/{conv1_1 .. conv5_3, fc6, fc7}/{kernel (HWIO), bias}
     score_fr, score_pool4, score_pool3 /{kernel, bias}        1x1 convs, zero-initialised
@@ -9,6 +9,9 @@ map by name)::
 
 SIFT Flow's two heads suffix their head layers ``_sem`` / ``_geo``; NYUD's late fusion has one backbone per
 stream (``backbone_color``, ``backbone_hha``) and ``score_frcolor``, ``score_frhha`` (the reference's names).
+A head with a ``scope`` keeps its layers under that name instead. Collections besides ``params`` (e.g.
+``batch_stats`` of a BatchNorm backbone) are the model's state: :func:`initial_variables` returns them and
+training carries them.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.models.backbones import get_backbone
-from fcn_jax.models.heads import SkipHead
+from fcn_jax.models.heads import get_head
+from fcn_jax.models.outputs import Output
 from fcn_jax.models.registry import get_variant, input_shape, validate
 
 # Dummy NHWC input to initialise (or ``jax.eval_shape``) an RGB FCN; a multiple of 32 suits both paddings.
@@ -34,31 +38,35 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 
 def initial_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
     """``model.init(rng, zeros(input_shape(model.variant)))`` as one compiled program (the forward pass is
-    dead code), compiled for speed rather than run time on CPU. Returns the variables ``{'params': ...}``.
-    Under a transformation (``jax.eval_shape``, ``jax.jit``) it is plain ``model.init``."""
+    dead code), compiled for speed rather than run time on CPU. Returns every collection: ``{'params': ...}``
+    plus e.g. ``'batch_stats'``. Under a transformation (``jax.eval_shape``, ``jax.jit``) it is plain
+    ``model.init``."""
     shape = input_shape(model.variant)
     if isinstance(rng, jax.core.Tracer):
-        return model.init(rng, jnp.zeros(shape, jnp.float32))
+        return dict(model.init(rng, jnp.zeros(shape, jnp.float32)))
     lowered = jax.jit(model.init).lower(rng, jax.ShapeDtypeStruct(shape, jnp.float32))
     options = _FAST_COMPILE if jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)(rng, jnp.zeros(shape, jnp.float32))
+    return dict(lowered.compile(compiler_options=options)(rng, jnp.zeros(shape, jnp.float32)))
 
 
 class FCN(nn.Module):
     """Fully convolutional network for semantic segmentation.
 
-    ``__call__(x, train=False)``: ``x`` (N, H, W, C) preprocessed input (see ``fcn_jax.preprocess``; C = 3
-    but for NYUD's fusion variants, ``registry.get_variant(v).inputs``), any H, W >= 1; returns float32
-    logits (N, H, W, num_classes), or for a multi-head variant (SIFT Flow) ``{head: logits}`` with
-    ``'sem'`` (num_classes) and ``'geo'`` (3). ``train=True`` enables dropout and needs a ``'dropout'`` rng.
+    ``__call__(x, train=False, return_dict=False)``: ``x`` (N, H, W, C) preprocessed input (see
+    ``fcn_jax.preprocess``; C = ``registry.get_variant(v).in_channels``, 3 but for NYUD's fusion variants),
+    any H, W >= 1. Returns ``{output name: float32 logits (N, H, W, classes)}`` of the outputs computed
+    (:attr:`outputs`; training-only ones only with ``train=True``), or, when that is one output and not
+    ``return_dict``, its logits alone (what ``model.apply(variables, x)`` gives for the VOC nets).
+    ``train=True`` enables dropout (a ``'dropout'`` rng) and batch statistics (``mutable=['batch_stats']``
+    where the backbone has BatchNorm).
 
     Attributes:
       variant: a name of ``registry.VARIANTS`` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce', ...).
-      num_classes: output classes (21 for PASCAL VOC; of the first head).
+      num_classes: output classes (21 for PASCAL VOC; of every output that declares none).
       width: channel multiplier of the backbone (1.0 is the real network; e.g. 0.125 for tests).
       padding: 'reference' (conv1_1 pad 100, VALID fc6, Caffe crops) or 'same' (input padded to a
-        multiple of 32, SAME convs, exact-size upsampling, crop back to H x W: about half the pixels at
-        500x500, but it no longer matches the reference weights' geometry).
+        multiple of the output stride, SAME convs, exact-size upsampling, crop back to H x W: about half
+        the pixels at 500x500, but it no longer matches the reference weights' geometry).
       dropout_rate: element-wise dropout after fc6 and fc7 in training.
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
     """
@@ -70,24 +78,34 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
 
+    @property
+    def outputs(self) -> tuple[Output, ...]:
+        """Every output this model declares (classes resolved), in order."""
+        return get_variant(self.variant).outputs(self.num_classes)
+
     def setup(self) -> None:
         validate(self.variant, self.num_classes, self.width, self.padding)
-        spec = self.spec = get_variant(self.variant)
+        spec = get_variant(self.variant)
         backbone = get_backbone(spec.backbone)
         self.stride = backbone.STRIDES["top"]
         make = lambda: backbone(width=self.width, padding=self.padding,  # noqa: E731
-                                dropout_rate=self.dropout_rate, dtype=self.dtype)
+                                dropout_rate=self.dropout_rate, dtype=self.dtype, **dict(spec.backbone_args))
         if len(spec.streams) == 1:
             self.backbone = make()
         else:  # named backbone_<suffix>
             self.backbone = {stream.suffix: make() for stream in spec.streams}
-        self.heads = [SkipHead(spec, head.classes or self.num_classes, padding=self.padding, head=head,
-                               dtype=self.dtype) for head in spec.heads]
-        for head in self.heads:
-            nn.share_scope(self, head)  # head layers sit at the top level of the parameter tree
+        heads = []
+        for head, output in zip(spec.heads, spec.outputs(self.num_classes)):
+            module = get_head(head.kind)(output=output, args=head.args, streams=spec.streams, padding=self.padding,
+                                         dtype=self.dtype, name=head.scope)
+            heads.append(module)
+        self.heads = heads
+        for head, module in zip(spec.heads, self.heads):
+            if head.scope is None:
+                nn.share_scope(self, module)  # the Caffe head's layers sit at the top level of the tree
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[str, jax.Array]:
-        spec = self.spec
+    def __call__(self, x: jax.Array, train: bool = False, return_dict: bool = False) -> jax.Array | dict[str, jax.Array]:
+        spec = get_variant(self.variant)
         if x.ndim != 4 or x.shape[-1] != spec.in_channels:
             raise ValueError(f"{self.variant} expects NHWC input with {spec.in_channels} channels "
                              f"({spec.inputs}), got shape {x.shape}")
@@ -100,5 +118,9 @@ class FCN(nn.Module):
             bounds = np.cumsum([0] + [s.channels for s in spec.streams])
             feats = [self.backbone[s.suffix](x[..., a:b], train=train)
                      for s, a, b in zip(spec.streams, bounds[:-1], bounds[1:])]
-        out = {head.head.key: head(feats, height, width).astype(jnp.float32) for head in self.heads}
-        return out if spec.multi_head else out[spec.heads[0].key]
+        initializing = self.is_initializing()
+        out = {head.output.name: head(feats, height, width, train=train).astype(jnp.float32)
+               for head in self.heads if head.output.evaluated or train or initializing}
+        if len(out) == 1 and not return_dict:
+            return next(iter(out.values()))
+        return out

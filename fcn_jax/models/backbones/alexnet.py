@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.models.backbones.vgg import FC_CHANNELS, PatchConv, conv_init, scaled
-from fcn_jax.models.registry import check_padding
+from fcn_jax.models.backbones.vgg import FC_CHANNELS
+from fcn_jax.models.layers import PatchConv, check_padding, conv_init, lrn, scaled
 
 __all__ = ["ALEXNET_CONVS", "AlexNet", "ConvSpec", "FC6_SIZE", "caffe_imagenet_params", "caffe_shapes", "channels",
-           "lrn", "max_pool_3x3_ceil"]
+           "max_pool_3x3_ceil"]
 
 
 class ConvSpec(NamedTuple):
@@ -40,7 +40,6 @@ ALEXNET_CONVS = (ConvSpec("conv1", 11, 4, 100, 1, 96), ConvSpec("conv2", 5, 1, 2
                  ConvSpec("conv3", 3, 1, 1, 1, 384), ConvSpec("conv4", 3, 1, 1, 2, 384),
                  ConvSpec("conv5", 3, 1, 1, 2, 256))
 FC6_SIZE = 6  # fc6 sees a 6x6 patch of pool5 (CaffeNet's 227x227 input -> 6x6x256)
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 1.0
 # padding='same': conv1 pads (1, 6) and fc6 (3, 2) (top/left, bottom/right) so that H / 32 cells come out and
 # the head's same upsampler (63 / 32, pad 15) puts output pixel j at input pixel j: see ``AlexNet``.
 SAME_CONV1_PAD = (1, 6)
@@ -50,18 +49,6 @@ SAME_FC6_PAD = (3, 2)
 def channels(c: int, width: float) -> int:
     """Conv channel count at a width multiplier, rounded to an even number (>= 2) so both groups split evenly."""
     return max(2, 2 * int(round(c * width / 2)))
-
-
-def lrn(x: jax.Array, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
-        k: float = LRN_K) -> jax.Array:
-    """Caffe's LRN, ACROSS_CHANNELS: ``x / (k + alpha / size * sum_window x^2) ** beta``, the window of
-    ``size`` channels centred on each channel, zero beyond the first and last. (N, H, W, C) -> same; float32
-    arithmetic, result in ``x.dtype``."""
-    half = (size - 1) // 2
-    x32 = x.astype(jnp.float32)
-    window = jax.lax.reduce_window(jnp.square(x32), 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
-                                   ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
-    return (x32 * (k + alpha / size * window) ** -beta).astype(x.dtype)
 
 
 def max_pool_3x3_ceil(x: jax.Array) -> jax.Array:

@@ -38,9 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.models.backbones.alexnet import lrn
-from fcn_jax.models.backbones.vgg import conv_init, scaled
-from fcn_jax.models.registry import check_padding
+from fcn_jax.models.layers import check_padding, conv_init, lrn, scaled
 
 __all__ = ["CONV1_PAD", "ConvLayer", "DROPOUT_RATE", "GoogLeNet", "INCEPTIONS", "Inception", "SAME_PADS", "STAGE_POOLS",
            "caffe_imagenet_params", "caffe_name", "caffe_shapes", "conv_layers", "param_name"]

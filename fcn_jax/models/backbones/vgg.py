@@ -11,51 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.models.registry import PADDINGS, check_padding
+from fcn_jax.models.layers import PatchConv, check_padding, conv_init, max_pool_ceil, scaled
 
-__all__ = ["FC_CHANNELS", "PADDINGS", "VGG16", "VGG16_BLOCKS", "PatchConv", "conv_init", "max_pool_ceil", "scaled"]
+__all__ = ["FC_CHANNELS", "VGG16", "VGG16_BLOCKS"]
 
 # (block, number of convs, channels at full width)
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 FC_CHANNELS = 4096
-
-conv_init = nn.initializers.kaiming_normal()
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channel count at a width multiplier (at least 1)."""
-    return max(1, int(round(channels * width)))
-
-
-def max_pool_ceil(x: jax.Array) -> jax.Array:
-    """2x2 / stride 2 max pooling in Caffe's ceil mode: (N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)."""
-    pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pads)
-
-
-class PatchConv(nn.Module):
-    """A VALID k x k convolution as one matrix product over the k*k shifted views of the input (im2col).
-
-    Same parameters (``kernel`` HWIO, ``bias``) and outputs as ``nn.Conv``; (N, H, W, C) -> (N, H-k+1,
-    W-k+1, features). Used for fc6, whose 7x7 kernel is as large as the map it reads: XLA:CPU turns the
-    input gradient of that convolution into a naive loop (about 0.2 GFLOP/s, two thirds of a full-width
-    train step), while a matrix product runs at full speed on every backend.
-    """
-
-    features: int
-    kernel_size: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-        patches = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(k) for j in range(k)], axis=-1)
-        y = jnp.dot(patches.astype(self.dtype), kernel.reshape(-1, self.features).astype(self.dtype))
-        return y + bias.astype(self.dtype)
-
 
 class VGG16(nn.Module):
     """VGG16 feature extractor returning the named maps FCN's heads read.
