@@ -29,7 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fcn_jax.config import ModelConfig, from_dict, to_dict
-from fcn_jax.variables import join
+from fcn_jax.variables import as_variables, join
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -167,6 +167,7 @@ def save_model(directory: str, variables: Any, meta: CheckpointMeta | Mapping[st
                metrics: dict[str, float] | None = None, max_to_keep: int | None = None) -> None:
     """Writes a model checkpoint (``variables``: every collection, plus ``meta`` as JSON), atomically."""
     mngr = _manager(directory, max_to_keep=max_to_keep, best=metrics is not None)
+    variables = as_variables(variables)
     record = dict(_json(meta), collections=sorted(variables))
     try:
         mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
@@ -305,7 +306,7 @@ class TrainCheckpointer:
         best = self.best_metrics()
         if best is not None and best["mean_iu"] >= metrics["mean_iu"]:
             return False
-        variables = dict(variables)
+        variables = as_variables(variables)
         record = dict(_json(meta), step=step, metrics={k: float(v) for k, v in metrics.items()},
                       collections=sorted(variables))
         self._best.save(step, args=ocp.args.Composite(

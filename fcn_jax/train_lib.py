@@ -32,7 +32,7 @@ from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, p
 from fcn_jax.models import final_upsampler_names, initial_variables, resolve_inputs, upsampler_names
 from fcn_jax.models import outputs as model_outputs
 from fcn_jax.models.outputs import SEGMENTATION, Output, evaluated, label_fields
-from fcn_jax.preprocess import convention_family, display_image
+from fcn_jax.preprocess import convention_family
 from fcn_jax.runlog import RunLog
 from fcn_jax.variables import PARAMS, as_variables, join, model_state
 
@@ -497,30 +497,6 @@ class _StopRequest:
 PANELS = 3  # validation images shown in TensorBoard at each validation
 
 
-class _PanelCollector:
-    """``on_batch`` callback of :func:`fcn_jax.evaluate.evaluate` keeping image | truth | prediction panels
-    ((H, W, 3) uint8) of the first ``limit`` validation images."""
-
-    def __init__(self, limit: int, convention: str, ds_meta: Any, title: str, inputs: str = "image"):
-        self.limit, self.convention, self.ds_meta, self.title = limit, convention, ds_meta, title
-        self.inputs = inputs
-        self.panels: list[np.ndarray] = []
-
-    def __call__(self, batch: Any, preds: np.ndarray) -> bool:
-        from fcn_jax.evaluate import local_rows
-        from fcn_jax.viz import panel
-        images, labels = local_rows(batch.image), local_rows(batch.label)
-        for row, index in enumerate(np.asarray(batch.indices)):
-            if index < 0 or len(self.panels) >= self.limit:
-                continue
-            h, w = (int(v) for v in np.asarray(batch.sizes)[row])
-            picture = panel(display_image(images[row, :h, :w], self.convention, self.inputs), labels[row, :h, :w],
-                            preds[row, :h, :w], self.ds_meta.class_names, self.ds_meta.colours,
-                            f"{self.title}, validation image {int(index)}")
-            self.panels.append(np.asarray(picture.convert("RGB")))
-        return len(self.panels) < self.limit
-
-
 def agreed_stop(local_signal: int | None, boundary: bool) -> int | None:
     """The signal every process acts on at this step, or None.
 
@@ -668,33 +644,29 @@ def _write_run(cfg: TrainConfig, workdir: str, log: RunLog) -> None:
 
 
 class _Validator:
-    """Validation inside training: the evaluator over the validation split (exact-size batches planned once),
-    panels and scores to TensorBoard, ``best/`` kept, one log line."""
+    """Validation inside training: the evaluator (:class:`fcn_jax.evaluator.Evaluator`, the one ``eval.py``
+    uses) over the validation split, panels and scores to TensorBoard, ``best/`` kept, one log line."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, mesh: Mesh, source: Any, ds_meta: Any, inputs: str,
                  checkpoints: ckpt_lib.TrainCheckpointer, meta: ckpt_lib.CheckpointMeta, writer: Any,
                  progress: bool, lead: bool, log: RunLog):
-        self.cfg, self.model, self.mesh, self.source, self.ds_meta, self.inputs = cfg, model, mesh, source, ds_meta, inputs
+        from fcn_jax.evaluator import Evaluator
+        self.cfg, self.ds_meta, self.inputs, self.count = cfg, ds_meta, inputs, len(source)
         self.checkpoints, self.meta, self.writer = checkpoints, meta, writer
         self.progress, self.lead, self.log = progress, lead, log
         self.outputs = batch_spec(cfg)[1]
-        self.sizes = None  # exact-size validation plans its batches from every image's size, read once
+        self.evaluator = Evaluator(model, source, mesh=mesh, batch_size=cfg.eval_batch_size,
+                                   convention=cfg.preprocessing, bucket_multiple=cfg.eval_bucket_multiple,
+                                   inputs=inputs)
 
     def __call__(self, step: int, state: TrainState) -> dict[str, float]:
-        from fcn_jax.data import pipeline
-        from fcn_jax.evaluate import evaluate
+        from fcn_jax.evaluator import Pictures
         cfg = self.cfg
-        if cfg.eval_bucket_multiple is None and self.sizes is None:
-            self.sizes = pipeline.example_sizes(self.source)
-        batches = pipeline.eval_batches(self.source, batch_size=cfg.eval_batch_size, convention=cfg.preprocessing,
-                                        bucket_multiple=cfg.eval_bucket_multiple, sizes=self.sizes,
-                                        sharding=parallel.data_sharding(self.mesh), inputs=self.inputs,
-                                        labels=label_fields(evaluated(self.outputs)))
-        pictures = _PanelCollector(PANELS, cfg.preprocessing, self.ds_meta, f"{cfg.model.variant} step {step}",
-                                   self.inputs)
-        result = evaluate(self.model, state.variables, batches, cfg.model.num_classes, mesh=self.mesh,
-                          progress=self.progress and self.lead, total=len(self.source),
-                          desc=f"validation (step {step})", leave=False, on_batch=pictures if self.lead else None)
+        pictures = Pictures(PANELS, self.ds_meta.class_names, cfg.preprocessing, self.ds_meta.colours, self.inputs,
+                            title=f"{cfg.model.variant} step {step}")
+        result = self.evaluator(state.variables, pictures=pictures if self.lead else None,
+                                progress=self.progress and self.lead, total=self.count,
+                                desc=f"validation (step {step})", leave=False)
         self.writer.write_images(step, {f"val/panel/{i}": panel for i, panel in enumerate(pictures.panels)})
         record, scores = validation_record(result, self.outputs, self.ds_meta.class_names)
         self.writer.write(step, record)
@@ -711,13 +683,81 @@ class _Validator:
         return scores
 
 
+def _sources(cfg: TrainConfig, ds_meta: Any) -> tuple[Any, Any]:
+    """(train, validation) sources of ``cfg``'s dataset, checked to hold the fields the model needs (its
+    input's, the labels of every output; validation: of every scored output) before anything compiles."""
+    from fcn_jax import data as data_lib
+    from fcn_jax.data import pipeline
+    options = dataset_options(cfg)
+    train_source = data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir, **options)
+    eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir, **options)
+    inputs, outputs = batch_spec(cfg)
+    for split, source, needed in ((ds_meta.train_split, train_source, outputs),
+                                  (ds_meta.eval_split, eval_source, evaluated(outputs))):
+        if len(source):
+            try:
+                pipeline.read_fields(source[0], inputs, label_fields(needed))
+            except ValueError as e:
+                raise TrainingError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
+                                    f"{e}") from None
+    return train_source, eval_source
+
+
+class _Window:
+    """The training metrics since the last log boundary: fetched in one device sync, checked finite
+    (:func:`_check_finite`), averaged, shown on the progress bar and written to metrics.jsonl / TensorBoard."""
+
+    def __init__(self, batch_size: int, bar: Any, writer: Any):
+        self.batch_size, self.bar, self.writer = batch_size, bar, writer
+        self.pending: list[tuple[int, dict]] = []
+        self.restart()
+
+    def restart(self) -> None:
+        """Starts timing afresh (after a validation, whose time is not training's)."""
+        self.start, self.images = time.perf_counter(), 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+        self.images += self.batch_size
+        self.bar.update(1)
+
+    def check(self) -> list[tuple[int, dict]]:
+        """Fetches and checks the pending steps (TrainingError at a non-finite one); returns them."""
+        fetched, self.pending = _check_finite(self.pending), []
+        return fetched
+
+    def flush(self, step: int) -> None:
+        """Checks the window and logs its mean loss, images/s, lr and gradient norm at ``step``."""
+        fetched = self.check()
+        rate = self.images / max(time.perf_counter() - self.start, 1e-9)
+        loss = float(np.mean([float(m["loss"]) for _, m in fetched]))
+        self.bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{rate:.1f}")
+        outputs = {f"train/{k}": float(np.mean([float(m[k]) for _, m in fetched]))
+                   for k in fetched[-1][1] if k.startswith("loss/")}  # several outputs: 'train/loss/sem', ...
+        self.writer.write(step, {"train/loss": loss, "train/images_per_s": rate,
+                                 "train/lr": float(fetched[-1][1]["lr"]),
+                                 "train/grad_norm": float(fetched[-1][1]["grad_norm"]), **outputs})
+        self.restart()
+
+
+def _confirm_saved(checkpoints: ckpt_lib.TrainCheckpointer, step: int, signum: int, workdir: str,
+                   log: RunLog) -> None:
+    """After a stop request: waits until ``step`` is on disk, reads the directory back, and only then says so
+    (TrainingError if it is not there)."""
+    checkpoints.wait()
+    on_disk = checkpoints.latest_on_disk()
+    if on_disk != step:
+        raise TrainingError(f"received signal {signum} but step {step} is not on disk "
+                            f"(latest saved: {on_disk}); run again to resume from there")
+    log(f"received signal {signum}: saved step {step} in {workdir}; run again to resume")
+
+
 def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progress: bool, lead: bool,
            log: RunLog) -> dict[str, Any]:
-    """The body of :func:`train_and_evaluate`: set-up (dataset, init or resume, the run's records), then
-    the loop (:func:`_loop`)."""
+    """The body of :func:`train_and_evaluate`: set-up (dataset, init or resume, the run's records, sources,
+    step, validator), then the loop, each periodic action (log, checkpoint, validate, stop) a named piece."""
     from tqdm import tqdm
 
-    from fcn_jax import data as data_lib
     from fcn_jax.data import pipeline
     from fcn_jax.summary import SummaryWriter
     from fcn_jax.viz import plot_learning_curves
@@ -739,83 +779,43 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
         _write_run(cfg, workdir, log)
     meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg),
                                colours=ds_meta.colours or None, collections=tuple(sorted(state.variables)))
-
-    options = dataset_options(cfg)
-    train_source = data_lib.load_split(cfg.dataset, ds_meta.train_split, cfg.data_dir, **options)
-    eval_source = data_lib.load_split(cfg.dataset, ds_meta.eval_split, cfg.data_dir, **options)
-    inputs, outputs = batch_spec(cfg)
-    for split, source, needed in ((ds_meta.train_split, train_source, outputs),
-                                  (ds_meta.eval_split, eval_source, evaluated(outputs))):
-        if len(source):  # the fields the variant needs, before anything compiles
-            try:
-                pipeline.read_fields(source[0], inputs, label_fields(needed))
-            except ValueError as e:
-                raise TrainingError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
-                                    f"{e}") from None
+    train_source, eval_source = _sources(cfg, ds_meta)
     step_fn = make_train_step(cfg, mesh, state.params)
     writer = SummaryWriter(workdir, enabled=lead)
-    validator = _Validator(cfg, model, mesh, eval_source, ds_meta, inputs, checkpoints, meta, writer, progress, lead,
-                           log)
-    # the iterator's threads start here: from now on everything runs inside the try that closes it
-    train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
-
-    def validate(step: int) -> dict[str, float]:
-        return validator(step, state)
-
-    def save(step: int) -> None:
-        checkpoints.save(step, state, meta, train_iter.get_state())
-
+    validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints, meta, writer,
+                          progress, lead, log)
     scores: dict[str, float] = {}
-    pending: list[tuple[int, dict]] = []
-    window_start, window_images = time.perf_counter(), 0
     interrupted: int | None = None  # the signal that stopped the run
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
     log.bar = bar
+    window = _Window(cfg.batch_size, bar, writer)
+    # the iterator's threads start here: from now on everything runs inside the try that closes it
+    train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
     try:
         if data_state is not None:
             train_iter.set_state(data_state)
         with _StopRequest() as stop:
             for step in range(start + 1, cfg.steps + 1):
-                batch = next(train_iter)
-                state, metrics = step_fn(state, batch)
-                pending.append((step, metrics))
-                window_images += cfg.batch_size
-                bar.update(1)
+                state, metrics = step_fn(state, next(train_iter))
+                window.add(step, metrics)
                 boundary = step % cfg.log_every == 0 or step == cfg.steps
                 requested = agreed_stop(stop.signal, boundary)  # the same on every process
                 save_now = step % cfg.checkpoint_every == 0 or step == cfg.steps or requested is not None
                 eval_now = step % cfg.eval_every == 0 or step == cfg.steps
                 if boundary or save_now or eval_now:
-                    fetched = _check_finite(pending)
-                    pending = []
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_images / max(elapsed, 1e-9)
-                    loss = float(np.mean([float(m["loss"]) for _, m in fetched]))
-                    bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{rate:.1f}")
-                    heads = {f"train/{k}": float(np.mean([float(m[k]) for _, m in fetched]))
-                             for k in fetched[-1][1] if k.startswith("loss/")}  # multi-head: 'train/loss/sem', ...
-                    writer.write(step, {"train/loss": loss, "train/images_per_s": rate,
-                                        "train/lr": float(fetched[-1][1]["lr"]),
-                                        "train/grad_norm": float(fetched[-1][1]["grad_norm"]), **heads})
-                    window_start, window_images = time.perf_counter(), 0
+                    window.flush(step)
                 if save_now:
-                    save(step)
+                    checkpoints.save(step, state, meta, train_iter.get_state())
                 if eval_now:
-                    scores = validate(step)
-                    window_start = time.perf_counter()
+                    scores = validate(step, state)
+                    window.restart()
                 if jax.process_count() == 1:  # one process: a signal that arrived after save_now was decided
                     requested = stop.signal
                 if requested is not None:
                     if not save_now:
-                        _check_finite(pending)  # never save a step whose loss was not finite
-                        pending = []
-                        save(step)
-                    checkpoints.wait()
-                    on_disk = checkpoints.latest_on_disk()
-                    if on_disk != step:
-                        raise TrainingError(f"received signal {requested} but step {step} is not on disk "
-                                            f"(latest saved: {on_disk}); run again to resume from there")
-                    log(f"received signal {requested}: saved step {step} in {workdir}; run again to resume")
+                        window.check()  # never save a step whose loss was not finite
+                        checkpoints.save(step, state, meta, train_iter.get_state())
+                    _confirm_saved(checkpoints, step, requested, workdir, log)
                     interrupted = requested
                     break
     finally:

@@ -91,3 +91,19 @@ def test_old_workdir_resumes_and_transfers(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "backbone (15 layers)" in res.stdout and "score_pool3 (zeros)" in res.stdout
+
+
+def test_meta_record_versions():
+    """The meta of the fixture (format 0: no version) reads as a typed record; this code writes version 1
+    with the same fields (and the collections saved); a newer version is refused naming it."""
+    with open(os.path.join(WORKDIR, "best", "4", "meta", "metadata")) as f:
+        record = json.load(f)
+    assert "version" not in record
+    meta = checkpoint.CheckpointMeta.from_json(record)
+    assert (meta.version, meta.step, meta.model.variant, meta.class_names[0]) == (0, 4, "fcn16s", "background")
+    assert meta.metrics["mean_iu"] == record["metrics"]["mean_iu"] and meta.config["steps"] == 4
+    written = meta.replace(version=checkpoint.META_VERSION).to_json()
+    assert written["version"] == 1 and written["collections"] == ["params"]
+    assert {k: written[k] for k in record} == record  # every field of format 0 kept as it was
+    with pytest.raises(ValueError, match="version 2 is newer"):
+        checkpoint.CheckpointMeta.from_json(dict(record, version=2))

@@ -134,7 +134,7 @@ def test_eval_interrupted_writes_no_results(monkeypatch, tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(eval_cli, "run_eval", interrupted)
+    monkeypatch.setattr(eval_cli, "evaluate_checkpoint", interrupted)
     monkeypatch.setattr(eval_cli.platform, "setup", lambda *a, **k: None)
     assert eval_cli.main(["--ckpt", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines() == [
@@ -183,7 +183,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_run
     checkpoints = checkpoint.TrainCheckpointer(copy)
     try:
         state, meta, data_state = checkpoints.restore(
-            train_lib._abstract_state(cfg, cfg.model.build(), parallel.make_mesh()), warn=warnings.append)
+            train_lib.abstract_state(cfg, cfg.model.build(), parallel.make_mesh()), warn=warnings.append)
     finally:
         checkpoints.close()
     assert meta["step"] == 2 and int(state.step) == 2 and data_state

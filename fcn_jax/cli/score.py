@@ -68,7 +68,7 @@ def record(result: dict[str, Any], pred_dir: str, gt_dir: str, classes: str | No
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Scores, prints the summary and table, writes ``--json``; returns the JSON record."""
-    from fcn_jax.data.common import DataError
+    from fcn_jax.data.base import DataError
     from fcn_jax.data.folder import read_classes
     from fcn_jax.metrics import format_table
 

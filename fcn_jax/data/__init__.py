@@ -1,4 +1,4 @@
-"""Datasets: tfds builders (registered when this package is imported), folders of files, their metadata.
+"""Datasets: tfds builders, folders of files, their metadata.
 
 Dataset names: ``shapes`` (= ``shapes/default``; also ``shapes/tiny``, ``shapes/large``),
 ``voc_segmentation/{sbd_fcn,voc2012,voc2012_aug}`` (``voc_segmentation`` alone = ``sbd_fcn``),
@@ -17,29 +17,40 @@ Every split is a random-access source of dicts ``{'image': (H, W, 3) uint8 RGB,
 'segmentation': (H, W) uint8 (255 = void), 'file_name': bytes (tfds) or str (folders)}``. The input
 pipeline that turns a source into device batches is :mod:`fcn_jax.data.pipeline` (imported
 separately: it needs jax). Nothing here imports TensorFlow.
+
+TensorFlow Datasets is imported lazily: importing this package and everything on folder datasets
+(:func:`load_split`, :func:`dataset_meta`, :func:`class_pixel_counts`, :func:`dataset_summary` of
+``folder:DIR``, :mod:`fcn_jax.data.folder`) never import ``tensorflow_datasets``. The builder modules
+(:mod:`~fcn_jax.data.shapes`, :mod:`~fcn_jax.data.voc`, :mod:`~fcn_jax.data.pascal_context`,
+:mod:`~fcn_jax.data.sift_flow`, :mod:`~fcn_jax.data.nyud`; importing one registers its tfds builder) are
+imported on first use of a tfds dataset name, or of a name defined in them (``from fcn_jax.data import
+VocSegmentation``, ``SHAPES_CLASSES``, ``SegmentationBuilder``, ...: module ``__getattr__``, PEP 562).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import importlib
 import os
 import sys
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import tensorflow_datasets as tfds
-
-from fcn_jax.data.common import EVAL_SPLIT, TRAIN_SPLIT, DataError, SegmentationBuilder
+from fcn_jax.classes import GEOMETRIC_CLASSES, VOC_CLASSES
+from fcn_jax.data.base import EVAL_SPLIT, TRAIN_SPLIT, DataError, disable_tfds_progress_bars
 from fcn_jax.data.folder import FolderDataset, FolderSource, folder_root, is_folder, load_folder, read_mask
 from fcn_jax.preprocess import VOID
-from fcn_jax.data.nyud import NYUD_CLASSES, Nyud
-from fcn_jax.data.pascal_context import CONTEXT59_CLASSES, PascalContext
-from fcn_jax.data.shapes import SHAPES_CLASSES, Shapes, ShapesConfig
-from fcn_jax.data.sift_flow import GEOMETRIC_CLASSES, SIFT_FLOW_CLASSES, SiftFlow
-from fcn_jax.data.voc import VOC_CLASSES, VocSegmentation, VocSegmentationConfig
+
+if TYPE_CHECKING:  # imported on demand (they import tensorflow_datasets): see __getattr__
+    from fcn_jax.data.common import SegmentationBuilder
+    from fcn_jax.data.nyud import NYUD_CLASSES, Nyud
+    from fcn_jax.data.pascal_context import CONTEXT59_CLASSES, PascalContext
+    from fcn_jax.data.shapes import SHAPES_CLASSES, Shapes, ShapesConfig
+    from fcn_jax.data.sift_flow import SIFT_FLOW_CLASSES, SiftFlow
+    from fcn_jax.data.voc import VocSegmentation, VocSegmentationConfig
 
 __all__ = [
     "CONTEXT59_CLASSES", "GEOMETRIC_CLASSES", "NYUD_CLASSES", "Nyud", "PascalContext", "SIFT_FLOW_CLASSES", "SiftFlow",
@@ -49,13 +60,54 @@ __all__ = [
     "get_builder", "is_folder", "load_folder", "load_split", "prepare", "read_mask",
 ]
 
-_BUILDERS: dict[str, type[SegmentationBuilder]] = {"shapes": Shapes, "voc_segmentation": VocSegmentation,
-                                                   "pascal_context": PascalContext, "sift_flow": SiftFlow,
-                                                   "nyud": Nyud}
+# Public names that live in modules importing tensorflow_datasets: {name: submodule}, imported on demand.
+_LAZY_NAMES = {
+    "SegmentationBuilder": "common",
+    "NYUD_CLASSES": "nyud", "Nyud": "nyud",
+    "CONTEXT59_CLASSES": "pascal_context", "PascalContext": "pascal_context",
+    "SHAPES_CLASSES": "shapes", "Shapes": "shapes", "ShapesConfig": "shapes",
+    "SIFT_FLOW_CLASSES": "sift_flow", "SiftFlow": "sift_flow",
+    "VocSegmentation": "voc", "VocSegmentationConfig": "voc",
+}
+# Submodules that importing this package used to make attributes (``fcn_jax.data.voc``, ...).
+_LAZY_MODULES = ("common", "nyud", "pascal_context", "shapes", "sift_flow", "voc")
+# Dataset name -> (module, builder class); importing the module registers the builder with tfds.
+_BUILDER_CLASSES = {"shapes": ("shapes", "Shapes"), "voc_segmentation": ("voc", "VocSegmentation"),
+                    "pascal_context": ("pascal_context", "PascalContext"), "sift_flow": ("sift_flow", "SiftFlow"),
+                    "nyud": ("nyud", "Nyud")}
+_builders_cache: dict[str, type[SegmentationBuilder]] | None = None
+
+
+def _submodule(name: str) -> types.ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: the names of :data:`_LAZY_NAMES` and the builder submodules, imported on first access."""
+    if name in _LAZY_NAMES:
+        value = getattr(_submodule(_LAZY_NAMES[name]), name)
+    elif name in _LAZY_MODULES:
+        value = _submodule(name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))
+
+
+def _builders() -> dict[str, type[SegmentationBuilder]]:
+    """{dataset name: builder class}; the first call imports tfds and every builder module (registering them)."""
+    global _builders_cache
+    if _builders_cache is None:
+        _builders_cache = {name: getattr(_submodule(module), cls) for name, (module, cls) in _BUILDER_CLASSES.items()}
+    return _builders_cache
 
 
 def _known_names() -> str:
-    return ", ".join(f"{n}/{c.name}" for n, cls in _BUILDERS.items() for c in cls.BUILDER_CONFIGS) + ", folder:DIR"
+    return ", ".join(f"{n}/{c.name}" for n, cls in _builders().items() for c in cls.BUILDER_CONFIGS) + ", folder:DIR"
 
 
 def _check_tfds_options(void: int, binary: bool) -> None:
@@ -72,8 +124,10 @@ def _folder(name: str, void: int, binary: bool, kwargs: Mapping[str, Any], progr
 
 
 def disable_progress_bars() -> None:
-    """No progress bars while datasets are built or scanned (tfds's own included): ``--no-progress``."""
-    tfds.disable_progress_bar()
+    """No progress bars while datasets are built or scanned (tfds's own included): ``--no-progress``.
+
+    Does not import tfds: tfds's bars are switched off when it is imported, if it is not yet."""
+    disable_tfds_progress_bars()
 
 
 def get_builder(name: str, data_dir: str | os.PathLike | None = None,
@@ -88,7 +142,7 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
         raise DataError(f"{name}: folder datasets are read directly, not through a tfds builder; use load_split "
                         "or dataset_meta")
     dataset, _, config = name.partition("/")
-    cls = _BUILDERS.get(dataset)
+    cls = _builders().get(dataset)
     if cls is None:
         raise DataError(f"unknown dataset {name!r}; known: {_known_names()}")
     if config:

@@ -1,4 +1,5 @@
-"""What the dataset builders share: the error type, the feature layout and a builder base class.
+"""What the dataset builders share: the feature layout and a builder base class (and, re-exported from the
+tfds-free :mod:`fcn_jax.data.base`, the error type and the split names).
 
 Every segmentation dataset of this project stores the same three features, written as
 ``array_record`` files that read back without TensorFlow:
@@ -23,17 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+# tfds-free names, defined in fcn_jax.data.base and re-exported here (existing imports keep working).
+from fcn_jax.data.base import EVAL_SPLIT, FILE_FORMAT, TRAIN_SPLIT, DataError, tfds_progress_bars
 
-FILE_FORMAT = "array_record"
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "validation"
-
-
-class DataError(ValueError):
-    """A dataset cannot be built or read: missing sources, bad files or inconsistent splits.
-
-    The message is one line naming the offending file, value or directory.
-    """
+if not tfds_progress_bars():  # fcn_jax.data.disable_progress_bars() was called before tfds was imported
+    tfds.disable_progress_bar()
 
 
 def segmentation_features() -> tfds.features.FeaturesDict:

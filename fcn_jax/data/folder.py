@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fcn_jax.data.common import DataError
+from fcn_jax.data.base import DataError
 from fcn_jax.images import load_image
 from fcn_jax.preprocess import VOID
 
