@@ -186,7 +186,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_run
             train_lib.abstract_state(cfg, cfg.model.build(), parallel.make_mesh()), warn=warnings.append)
     finally:
         checkpoints.close()
-    assert meta["step"] == 2 and int(state.step) == 2 and data_state
+    assert meta.step == 2 and int(state.step) == 2 and data_state
     assert len(warnings) == 1 and f"checkpoint {latest} cannot be restored" in warnings[0], warnings
     assert os.path.isdir(latest + ".damaged") and not os.path.exists(latest)  # kept for the user, not a step
     expected, _ = checkpoint.load_model(workdir, 2)  # independent read of the intact original step 2

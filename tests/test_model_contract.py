@@ -101,16 +101,17 @@ DEVICES_SCRIPT = textwrap.dedent("""
     from fcn_jax import parallel
     from fcn_jax.config import ModelConfig
     from fcn_jax.configs import get_config
-    from fcn_jax.train_lib import create_train_state, make_train_step
+    from fcn_jax.train_lib import create_train_state, init_variables, make_train_step
     assert len(jax.devices()) == 4
-    cfg = get_config("modern", "fcn8s", model=dict(variant=tiny_bn.VARIANT, num_classes=3, padding="same",
-                                                   dropout_rate=0.0, dtype="float32"), batch_size=4, lr=1e-2,
-                     grad_accum={accum})
-    model = cfg.model.build()
-    out = {{}}
-    for n in (1, 4):
+    out, variables = {{}}, None
+    for accum, n in ((1, 1), (1, 4), (2, 1), (2, 4)):
+        cfg = get_config("modern", "fcn8s", model=dict(variant=tiny_bn.VARIANT, num_classes=3, padding="same",
+                                                       dropout_rate=0.0, dtype="float32"), batch_size=4, lr=1e-2,
+                         grad_accum=accum)
+        model = cfg.model.build()
+        variables = variables or jax.tree.map(np.asarray, init_variables(cfg, model))  # one start, on the host
         mesh = parallel.make_mesh(jax.devices()[:n])
-        state = jax.device_put(create_train_state(cfg, model), parallel.replicated(mesh))
+        state = jax.device_put(create_train_state(cfg, model, variables), parallel.replicated(mesh))
         step = make_train_step(cfg, mesh)
         rng = np.random.default_rng(0)
         for i in range(2):
@@ -119,23 +120,27 @@ DEVICES_SCRIPT = textwrap.dedent("""
             state, m = step(state, jax.device_put(b, parallel.data_sharding(mesh)))
         flat = lambda t: {{"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v).ravel().tolist()
                           for p, v in jax.tree_util.tree_leaves_with_path(t)}}
-        out[n] = {{"stats": flat(state.model_state), "params": flat(state.params), "loss": float(m["loss"]),
-                  "aux": float(m["loss/aux"]), "main": float(m["loss/out"])}}
+        out[f"{{accum}}x{{n}}"] = {{"stats": flat(state.model_state), "params": flat(state.params),
+                                   "loss": float(m["loss"]), "aux": float(m["loss/aux"]), "main": float(m["loss/out"])}}
     print(json.dumps(out))
 """)
 
 
+@pytest.fixture(scope="module")
+def device_runs():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT.format(tests=os.path.join(REPO, "tests"))],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("accum", [1, 2])
-def test_batch_statistics_are_global_over_the_batch(accum):
+def test_batch_statistics_are_global_over_the_batch(device_runs, accum):
     """SyncBN semantics: under the sharded jit the batch statistics are the global batch's, so 4 devices
     give what 1 device gives (running statistics and parameters after two steps), and they move. With
     gradient accumulation the statistics are carried from micro-batch to micro-batch."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT.format(tests=os.path.join(REPO, "tests"), accum=accum)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    one, four = out["1"], out["4"]
+    one, four = device_runs[f"{accum}x1"], device_runs[f"{accum}x4"]
     assert set(one["stats"]) == set(four["stats"]) and len(one["stats"]) == 6  # bn1, bn2, aux bn: mean, var
     for key in one["stats"]:
         np.testing.assert_allclose(four["stats"][key], one["stats"][key], rtol=2e-5, atol=1e-6, err_msg=key)
@@ -221,22 +226,37 @@ def numpy_hist(labels, preds, n):
 
 
 def test_eval_uses_running_statistics_and_scores_only_the_main_output(runs, trained, tmp_path):
+    """eval.py on a folder dataset written here (3 images of 2 sizes): its mean IU equals score.py's formula
+    over model.apply in inference mode (running statistics) at each image's own size; one scored output."""
+    from PIL import Image
+    rng = np.random.default_rng(7)
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\ncircle\nsquare\ntriangle\nstar\nbar\nring\n")
+    images, masks = {}, {}
+    for stem, (h, w) in (("a", (20, 28)), ("b", (20, 28)), ("c", (24, 18))):
+        images[stem] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        masks[stem] = rng.integers(0, N, (h, w)).astype(np.uint8)
+        masks[stem][:2] = 255  # void
+        Image.fromarray(images[stem]).save(root / "images" / f"{stem}.png")
+        Image.fromarray(masks[stem], mode="L").save(root / "masks" / f"{stem}.png")
+    (root / "train.txt").write_text("a\n")
+    (root / "val.txt").write_text("a\nb\nc\n")
     json_path = tmp_path / "eval.json"
-    out = run([sys.executable, DRIVER, "eval", "--ckpt", str(trained["straight"]), "--json", str(json_path),
-               "--no-progress", "--bucket-multiple", "exact"], runs["env"])
+    out = run([sys.executable, DRIVER, "eval", "--ckpt", str(trained["straight"]), "--dataset", f"folder:{root}",
+               "--split", "val", "--json", str(json_path), "--no-progress", "--bucket-multiple", "exact"], runs["env"])
     record = json.loads(json_path.read_text())
-    assert "heads" not in record and "aux" not in out  # one scored output
+    assert "heads" not in record and "aux" not in out and record["num_images"] == 3  # one scored output
     model, variables, info = fcn_jax.load_model(str(trained["straight"]))
-    source = data.load_split("shapes/tiny", "validation", runs["data_dir"])
     hist = np.zeros((N, N), np.int64)
-    for i in range(len(source)):
-        example = source[i]
-        x = fcn_jax.preprocess(example["image"][None], info.preprocessing)
-        preds = np.asarray(jnp.argmax(model.apply(variables, x), -1))[0]  # eval mode: running statistics
-        hist += numpy_hist(np.asarray(example["segmentation"]), preds, N)
+    for stem in images:
+        x = fcn_jax.preprocess(images[stem][None], info.preprocessing)
+        preds = np.asarray(jnp.argmax(model.apply(variables, x), -1))[0]  # inference mode: running statistics
+        hist += numpy_hist(masks[stem], preds, N)
     iu = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
     np.testing.assert_allclose(record["mean_iu"], np.nanmean(iu), rtol=1e-9)
-    assert record["num_images"] == len(source)
+    np.testing.assert_allclose(record["pixel_acc"], np.diag(hist).sum() / hist.sum(), rtol=1e-9)
 
 
 def test_predict_with_flip_and_tiles_equals_model_apply(trained):

@@ -387,7 +387,7 @@ def test_nyud_color_hha_trains_and_evaluates(built, tmp_path, capsys):
 
 
 def test_a_weights_file_without_a_convention_takes_the_datasets_mean():
-    from fcn_jax.cli.eval import eval_convention
+    from fcn_jax.evaluator import eval_convention
     from fcn_jax.loading import ModelInfo
     config = ModelConfig("siftflow-fcn32s", 33, WIDTH)
 
