@@ -97,10 +97,6 @@ def default_json_path(ckpt: str, dataset: str, split: str, step: int | None = No
     return f"{os.path.splitext(ckpt)[0]}_{name}"
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
 class Pictures:
     """``on_batch`` callback of :func:`fcn_jax.evaluate.evaluate` keeping image | truth | prediction panels
     ((H, W, 3) uint8, in :attr:`panels`) of the first ``limit`` images; with ``out_dir`` it also writes
@@ -211,6 +207,40 @@ def eval_convention(model: ModelInfo, dataset: str, requested: str | None) -> tu
     return recorded, "the checkpoint's"
 
 
+def _record(config: EvalConfig, model: ModelInfo, dataset: str, split: str, result: EvalResult,
+            outputs: Sequence[Any], *, convention: str, inputs: str, devices: int, batch_size: int,
+            bucket: int | None) -> dict[str, Any]:
+    """The JSON record of an evaluation: what was evaluated and how, the main output's scores at the top
+    level, every scored output's under 'heads' when there are several."""
+    record = {
+        "checkpoint": os.path.abspath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
+        "commit": platform.git_commit(), "variant": model.config.variant, "num_classes": model.config.num_classes,
+        "preprocessing": convention, "inputs": inputs, "dtype": model.config.dtype, "num_images": result.num_images,
+        "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
+        "devices": devices, "batch_size": batch_size, "bucket_multiple": bucket,
+        **head_record(result.scores, model.class_names),  # the main output's: SIFT Flow's semantic
+        "tta": {"flip": config.flip, "scales": list(config.scales)},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if len(outputs) > 1:
+        record["heads"] = {o.name: dict(head_record(result.heads[o.name].scores, o.class_names(model.class_names)),
+                                        num_classes=o.classes, labels=o.label_field) for o in outputs}
+    return record
+
+
+def _print_tables(result: EvalResult, outputs: Sequence[Any], model: ModelInfo, dataset: str, split: str,
+                  log: Callable[[str], None]) -> None:
+    """The summary line and the score table of each scored output."""
+    log(f"{model.config.variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
+        f"{result.images_per_s:.1f} images/s ({result.seconds:.1f} s incl. compilation)")
+    if len(outputs) == 1:
+        log(format_table(result.scores, model.class_names))
+        return
+    for o in outputs:
+        log(f"\n{o.name} head ({o.classes} classes, labels '{o.label_field}'):")
+        log(format_table(result.heads[o.name].scores, o.class_names(model.class_names), present=True))
+
+
 def evaluate_checkpoint(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``eval.py``: evaluates a checkpoint on a dataset split, prints (``log``) the table, writes and returns
     the JSON record. Raises :class:`EvalError` (one line naming the flag) for anything the user can fix."""
@@ -297,30 +327,10 @@ def evaluate_checkpoint(config: EvalConfig, log: Callable[[str], None] = print) 
         log(f"input: {inputs}, preprocessing {convention} ({convention_from})")
     result = evaluator(variables, pictures=pictures, progress=config.progress,
                        total=ds.splits[split] if jax.process_count() == 1 else None)
-    s = result.scores
-    names = {o.name: o.class_names(model.class_names) for o in outputs}
-    record = {
-        "checkpoint": os.path.abspath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
-        "commit": platform.git_commit(), "variant": variant, "num_classes": n,
-        "preprocessing": convention, "inputs": inputs, "dtype": model.config.dtype, "num_images": result.num_images,
-        "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
-        "devices": int(mesh.devices.size), "batch_size": batch_size, "bucket_multiple": bucket,
-        **head_record(s, model.class_names),  # the (first) head's: SIFT Flow's semantic
-        "tta": {"flip": config.flip, "scales": list(config.scales)},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if len(outputs) > 1:
-        record["heads"] = {o.name: dict(head_record(result.heads[o.name].scores, names[o.name]),
-                                        num_classes=o.classes, labels=o.label_field) for o in outputs}
+    record = _record(config, model, dataset, split, result, outputs, convention=convention, inputs=inputs,
+                     devices=int(mesh.devices.size), batch_size=batch_size, bucket=bucket)
     if jax.process_index() == 0:
-        log(f"{variant} step {model.step} on {dataset} {split}: {result.num_images} images, "
-            f"{result.images_per_s:.1f} images/s ({result.seconds:.1f} s incl. compilation)")
-        if len(outputs) == 1:
-            log(format_table(s, model.class_names))
-        else:
-            for o in outputs:
-                log(f"\n{o.name} head ({o.classes} classes, labels '{o.label_field}'):")
-                log(format_table(result.heads[o.name].scores, names[o.name], present=True))
+        _print_tables(result, outputs, model, dataset, split, log)
         try:
             write_json(json_path, record)
         except OSError as e:
