@@ -38,7 +38,7 @@ def load_model(path: str | os.PathLike, step: str | int = "best", *, dtype: str 
     ``path``: a training workdir (``step`` 'best', 'latest' or a number), a converted model checkpoint,
     or a weights file (pytorch-fcn FCN state dicts; VGG16 files need ``variant=``). ``model`` is the
     linen module exactly as trained (variant, classes, width, padding, dtype; ``dtype`` may override
-    the compute dtype), ``variables`` is ``{'params': ...}`` and ``info`` a
+    the compute dtype), ``variables`` every collection (``{'params': ...}``, plus e.g. ``'batch_stats'``) and ``info`` a
     :class:`fcn_jax.loading.ModelInfo` (``class_names``, ``preprocessing``, ``step``, ``config``,
     ``meta``). ``expected``: variant / num_classes / width / convention the source must match.
     """
@@ -50,7 +50,7 @@ def load_model(path: str | os.PathLike, step: str | int = "best", *, dtype: str 
 def load_weights(path: str | os.PathLike, variant: str | None = None, num_classes: int | None = None, *,
                  width: float | None = None, convention: str | None = None, step: str | int = "best",
                  return_meta: bool = False) -> Any:
-    """Flax variables ``{'params': ...}`` from any path :func:`load_model` takes (and ``meta``, the recorded
+    """Flax variables (every collection: ``{'params': ...}``, plus e.g. ``'batch_stats'``) from any path :func:`load_model` takes (and ``meta``, the recorded
     facts, with ``return_meta``). ``variant`` / ``num_classes`` / ``width`` / ``convention`` must agree
     with what the source records and fill in what it does not (VGG16 files: the head to build)."""
     from fcn_jax.loading import load

@@ -36,7 +36,8 @@ from jax.sharding import Mesh
 from fcn_jax import configs, parallel
 from fcn_jax.config import ModelConfig, TrainConfig
 from fcn_jax.inference import forward
-from fcn_jax.models import input_shape, main_output
+from fcn_jax.models import input_shape, main_output, outputs
+from fcn_jax.models.outputs import label_fields
 from fcn_jax.train_lib import create_train_state, make_train_step
 
 MODES = ("train", "infer")
@@ -156,9 +157,12 @@ def host_batch(cfg: BenchmarkConfig, batch_size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(cfg.seed)
     shape = (batch_size, *cfg.image_size)
     image = 50.0 * rng.standard_normal((*shape, 3), np.float32)
-    label = rng.integers(0, cfg.num_classes, shape, dtype=np.int32)
-    label[rng.random(shape) < VOID_FRACTION] = 255
-    return {"image": image, "label": label}
+    batch = {"image": image}
+    for key, _ in label_fields(outputs(cfg.variant, cfg.num_classes)):  # every label an output learns from
+        label = rng.integers(0, cfg.num_classes, shape, dtype=np.int32)
+        label[rng.random(shape) < VOID_FRACTION] = 255
+        batch[key] = label
+    return batch
 
 
 def synthetic_batch(cfg: BenchmarkConfig, mesh: Mesh) -> dict[str, jax.Array]:

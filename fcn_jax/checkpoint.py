@@ -40,6 +40,11 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, empty or not of the expected kind."""
 
 
+class IncompatibleCheckpoint(CheckpointError):
+    """A checkpoint that reads but is not one this code can use (a newer meta version, a model state the
+    network does not have): refused as it is, never set aside as damaged."""
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keeps Orbax's routine notices about read-only managers and metadata (absl WARNINGs) off the console."""
@@ -127,9 +132,7 @@ class CheckpointMeta:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> CheckpointMeta:
         """Reads format 0 or 1; ValueError (or KeyError / TypeError) for a record that is neither."""
-        version = int(record.get("version", 0))
-        if version > META_VERSION:
-            raise ValueError(f"checkpoint meta version {version} is newer than this fcn-jax reads ({META_VERSION})")
+        version = check_version(record)
         colours = record.get("colours")
         step = record.get("step")
         return cls(model=from_dict(ModelConfig, record["model"]), class_names=tuple(record["class_names"]),
@@ -144,12 +147,27 @@ class CheckpointMeta:
         return dataclasses.replace(self, **changes)
 
 
+def check_version(record: Mapping[str, Any]) -> int:
+    """The meta version of a checkpoint's JSON record (0 when it records none); IncompatibleCheckpoint for
+    one newer than :data:`META_VERSION`."""
+    version = int(record.get("version", 0))
+    if version > META_VERSION:
+        raise IncompatibleCheckpoint(f"checkpoint meta version {version} is newer than this fcn-jax reads "
+                                     f"({META_VERSION}); use a newer fcn-jax")
+    return version
+
+
 def model_meta(model: ModelConfig, class_names: tuple[str, ...] | list[str], preprocessing: str, *,
                collections: tuple[str, ...] = ("params",), config: Mapping[str, Any] | None = None,
-               colours: Any = None, **extra: Any) -> CheckpointMeta:
-    """The :class:`CheckpointMeta` stored with every checkpoint (``extra``: e.g. source, source_format)."""
+               colours: Any = None, step: int | None = None, metrics: Mapping[str, float] | None = None,
+               **extra: Any) -> CheckpointMeta:
+    """The :class:`CheckpointMeta` stored with every checkpoint (``extra``: e.g. source, source_format;
+    a typed field's name there is a ValueError)."""
+    reserved = sorted(set(extra) & set(CheckpointMeta._FIELDS))
+    if reserved:
+        raise ValueError(f"model_meta: {', '.join(reserved)} are CheckpointMeta fields, not extra facts")
     return CheckpointMeta(model=model, class_names=tuple(class_names), preprocessing=preprocessing,
-                          config=dict(config or {}), collections=tuple(collections),
+                          step=step, metrics=metrics, config=dict(config or {}), collections=tuple(collections),
                           colours=None if colours is None else tuple(tuple(int(v) for v in c) for c in colours),
                           extra=extra)
 
@@ -242,6 +260,7 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
         finally:
             mngr.close()
     tree, meta = dict(restored[kind]), dict(restored["meta"])
+    check_version(meta)
     meta.setdefault("step", found)
     if kind == "state":  # a TrainState: its parameters and its model state (absent in format 0)
         return join(tree["params"], tree.get("model_state") or {}), meta
@@ -255,8 +274,8 @@ def _state_target(abstract_state: Any, item_dir: str) -> tuple[Any, Callable[[An
     if "model_state" in saved or not hasattr(abstract_state, "model_state"):
         return abstract_state, lambda state: state
     if jax.tree.leaves(abstract_state.model_state):
-        raise CheckpointError(f"{item_dir}: saved without model state, but the model has "
-                              f"{', '.join(abstract_state.model_state)}")
+        raise IncompatibleCheckpoint(f"saved without model state, but the model has "
+                                     f"{', '.join(abstract_state.model_state)}")
     fields = {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state}
     return fields, lambda restored: abstract_state.replace(model_state={}, **restored)
 
@@ -329,7 +348,10 @@ class TrainCheckpointer:
         try:
             with _quiet():
                 record = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                return CheckpointMeta.from_json(record)
+            check_version(record)
+            return CheckpointMeta.from_json(record)
+        except IncompatibleCheckpoint as e:
+            raise IncompatibleCheckpoint(f"{self._step_dir(step)}: {e}") from None
         except Exception as e:  # noqa: BLE001  (Orbax, JSON and file errors alike mean: unreadable)
             raise CheckpointError(f"{self._step_dir(step)}: cannot read its metadata "
                                   f"({_first_line(e)})") from None
@@ -359,8 +381,11 @@ class TrainCheckpointer:
                     restored = self._latest.restore(candidate, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore(),
                         data=ocp.args.JsonRestore()))
+                    check_version(restored["meta"])
                     meta = CheckpointMeta.from_json(restored["meta"])
                 return rebuild(restored["state"]), meta, dict(restored["data"])
+            except IncompatibleCheckpoint as e:  # readable, but not for this code: never set aside
+                raise IncompatibleCheckpoint(f"{self._step_dir(candidate)}: {e}") from None
             except Exception as e:  # noqa: BLE001  (any failure to read a step means it is damaged)
                 reason = _first_line(e)
                 if step is not None:

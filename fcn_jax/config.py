@@ -151,6 +151,8 @@ class TrainConfig:
     init: str | None = option(None, "start from weights: a VGG16 or FCN weights file (.pth / .h5 / .npz / "
                               ".safetensors / .caffemodel), a converted checkpoint or an earlier stage's workdir; "
                               "late fusion: color=PATH,hha=PATH (one FCN-32s per stream)")
+    dont_load: str | None = option(None, "regular expression over variable paths (e.g. 'backbone/bn1/.*', "
+                                   "'score_.*'): arrays --init does not copy; they keep their initialisation")
     seed: int = option(1337, "seed for initialisation, shuffling, augmentation and dropout")
     log_every: int = option(20, "steps between logged training metrics")
     eval_every: int = option(500, "steps between validations")
@@ -176,7 +178,7 @@ class TrainConfig:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
-        for name in ("trainable", "frozen"):
+        for name in ("trainable", "frozen", "dont_load"):
             pattern = getattr(self, name)
             try:
                 re.compile(pattern or "")

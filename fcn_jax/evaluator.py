@@ -69,9 +69,6 @@ class EvalConfig:
 EXACT = 0  # --bucket-multiple exact
 
 
-EXACT = 0  # --bucket-multiple exact
-
-
 def recorded_dataset(info: ModelInfo) -> str | None:
     """The training dataset recorded in a checkpoint (``config.dataset``: a name or ``{'name': ...}``)."""
     dataset = info.training_config.get("dataset")

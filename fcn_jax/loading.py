@@ -142,8 +142,8 @@ def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *, keep: Sequ
     ``target`` / ``source``: variables (every collection) or bare parameter trees. Returns the new tree
     (dtypes of ``target``, bare if ``target`` was) and the paths kept at ``target``'s values ('a/b/kernel'
     for parameters, 'batch_stats/a/b/mean' for other collections): new skip layers, score layers for another
-    class count, ``keep``, ``dont_load``. Raises :class:`LoadError` unless the backbones match, since
-    nothing else makes a useful start.
+    class count, ``keep``, ``dont_load``, statistics the source lacks. Raises :class:`LoadError` unless the
+    backbone's parameters match, since nothing else makes a useful start.
     """
     bare = PARAMS not in target
     patterns = [re.compile(p) for p in dont_load]
@@ -152,9 +152,11 @@ def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *, keep: Sequ
     skipped = {p for p in tflat if any(r.fullmatch("/".join(p[1:])) for r in patterns)}
     fits = {p: p[1] not in keep and p not in skipped and p in sflat and tuple(sflat[p].shape) == tuple(v.shape)
             for p, v in tflat.items()}
+    # the backbone's parameters must all fit; its other collections (BatchNorm statistics) a source without
+    # them (ImageNet weights of parameters only) leaves at their initialisation
     bad = [f"{_collection_path(p)} {'missing' if p not in sflat else f'has shape {tuple(sflat[p].shape)}'}"
            f" (target {tuple(v.shape)})" for p, v in tflat.items()
-           if p[1] == "backbone" and not fits[p] and p not in skipped]
+           if p[1] == "backbone" and not fits[p] and p not in skipped and (p[0] == PARAMS or p in sflat)]
     if bad:
         raise LoadError(f"source params do not match the target's backbone: {'; '.join(bad)}")
     out = {p: (sflat[p] if sflat[p].dtype == v.dtype else sflat[p].astype(v.dtype)) if fits[p] else v

@@ -223,14 +223,15 @@ def _weighted(output: Output, num_classes: int) -> bool:
 
 
 def loss_scales(labels: dict[str, jax.Array], outputs: tuple[Output, ...], loss: str, batch_size: int,
-                class_weights: jax.Array | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+                class_weights: jax.Array | None = None, num_classes: int | None = None
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(scale, labelled-pixel count) of each output's summed loss, by output name: ``loss`` 'sum' 1 / B,
     'mean' 1 / the output's labelled pixels (their total class weight under ``class_weights``, which
-    weigh the semantic outputs of the model's classes).
+    weigh the semantic outputs of the model's ``num_classes`` classes; default: the first output's).
 
     ``labels``: {batch key: (B, H, W) int}, values outside 0..classes-1 (255) unlabelled.
     """
-    num_classes = outputs[0].classes
+    num_classes = outputs[0].classes if num_classes is None else num_classes
     scales, counts = {}, {}
     for o in outputs:
         y = labels[o.batch_key]
@@ -247,11 +248,11 @@ def loss_scales(labels: dict[str, jax.Array], outputs: tuple[Output, ...], loss:
 
 
 def output_losses(logits: dict[str, jax.Array], labels: dict[str, jax.Array], outputs: tuple[Output, ...],
-                  class_weights: jax.Array | None = None) -> dict[str, jax.Array]:
+                  class_weights: jax.Array | None = None, num_classes: int | None = None) -> dict[str, jax.Array]:
     """Each output's softmax cross-entropy summed over its labelled pixels (:func:`pixel_cross_entropy`),
     by output name. ``logits``: {output name: (N, H, W, C)}; ``class_weights`` weigh the semantic outputs
-    of the model's classes."""
-    num_classes = outputs[0].classes
+    of the model's ``num_classes`` classes (default: the first output's)."""
+    num_classes = outputs[0].classes if num_classes is None else num_classes
     return {o.name: pixel_cross_entropy(logits[o.name], labels[o.batch_key],
                                         class_weights if _weighted(o, num_classes) else None)[0] for o in outputs}
 
@@ -267,11 +268,12 @@ def total_loss(totals: dict[str, jax.Array], scales: dict[str, jax.Array], outpu
 @dataclasses.dataclass(frozen=True)
 class StepPieces:
     """What a train step is built from, computed once from the config (nothing is rebuilt at trace time):
-    the outputs it trains, the loss normalisation ('sum' | 'mean'), the class weights (C,) or None, the
+    the outputs it trains, the model's class count (what class weights are for), the loss normalisation ('sum' | 'mean'), the class weights (C,) or None, the
     micro-batch count, the seed of the dropout keys, the learning-rate schedule (for the metrics) and the
     frozen mask (a tree of bools like ``params``, from :func:`param_labels`)."""
 
     outputs: tuple[Output, ...]
+    num_classes: int
     loss: str
     class_weights: tuple[float, ...] | None
     grad_accum: int
@@ -284,7 +286,7 @@ def step_pieces(cfg: TrainConfig, params: Any) -> StepPieces:
     """The :class:`StepPieces` of ``cfg`` for a model with parameter tree ``params``."""
     weights = class_weight_array(cfg)
     labels = param_labels(params, cfg.model, cfg.trainable, cfg.frozen)
-    return StepPieces(outputs=batch_spec(cfg)[1], loss=cfg.loss,
+    return StepPieces(outputs=batch_spec(cfg)[1], num_classes=cfg.model.num_classes, loss=cfg.loss,
                       class_weights=None if weights is None else tuple(float(w) for w in weights),
                       grad_accum=cfg.grad_accum, seed=cfg.seed, schedule=make_schedule(cfg),
                       frozen=jax.tree.map(lambda label: label == "frozen", labels))
@@ -310,7 +312,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPi
     labels = {k: batch[k] for k in keys}
     accum = pieces.grad_accum
     weights = None if pieces.class_weights is None else jnp.asarray(pieces.class_weights, jnp.float32)
-    scales, counts = loss_scales(labels, outputs, pieces.loss, images.shape[0], weights)
+    scales, counts = loss_scales(labels, outputs, pieces.loss, images.shape[0], weights, pieces.num_classes)
     key = jax.random.fold_in(jax.random.PRNGKey(pieces.seed), state.step)
     mutable = sorted(state.model_state)
 
@@ -320,7 +322,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPi
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, pieces.frozen)
         logits, new_state = state.apply_fn(join(params, model_state), x, train=True, return_dict=True,
                                            rngs={"dropout": k}, mutable=mutable)
-        totals = output_losses(logits, ys, outputs, weights)
+        totals = output_losses(logits, ys, outputs, weights, pieces.num_classes)
         return total_loss(totals, scales, outputs), (totals, dict(new_state))
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -377,7 +379,8 @@ def initial_variables_for(cfg: TrainConfig, model: nn.Module,
 
     ``cfg.init``: None -> the model's initialisation; a path -> every array of it that fits copied
     over the initialisation (:func:`fcn_jax.loading.init_variables`: ImageNet VGG16, an earlier stage, an
-    FCN with other classes), except the fixed upsamplers, which stay exactly bilinear (solve.py).
+    FCN with other classes), except the fixed upsamplers, which stay exactly bilinear (solve.py), and the
+    arrays matching ``cfg.dont_load``.
     ``report`` receives the layers copied and re-initialised.
     """
     variables = init_variables(cfg, model)  # the model's own init for layers a source lacks
@@ -387,6 +390,7 @@ def initial_variables_for(cfg: TrainConfig, model: nn.Module,
     labels = param_labels(variables, cfg.model)
     fixed = [name for name in upsampler_names(cfg.model.variant) if labels[name]["kernel"] == "frozen"]
     variables, info = loading.init_variables(cfg.model, variables, cfg.init, keep=fixed,  # fixed: bilinear
+                                             dont_load=() if cfg.dont_load is None else (cfg.dont_load,),
                                              report=report)
     return variables, info.preprocessing
 
@@ -425,6 +429,8 @@ def _saved_config(checkpoints: ckpt_lib.TrainCheckpointer, step: int, workdir: s
     while True:
         try:
             return dict(checkpoints.meta(step).config)
+        except ckpt_lib.IncompatibleCheckpoint as e:  # readable but not usable here: refused, kept as it is
+            raise TrainingError(str(e)) from None
         except ckpt_lib.CheckpointError as e:
             aside = checkpoints.set_aside(step)
             log(f"warning: {e}; moved to {aside}, trying the previous one")

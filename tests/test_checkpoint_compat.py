@@ -96,3 +96,31 @@ def test_old_workdir_resumes_and_transfers(tmp_path):
     for name in ("backbone", "score_fr", "score_pool4", "upscore2"):
         jax.tree.map(np.testing.assert_array_equal, new["params"][name], old["params"][name])
     jax.tree.map(np.testing.assert_array_equal, new["params"]["score_pool3"], fresh["params"]["score_pool3"])
+
+
+def test_a_newer_meta_version_is_refused_not_set_aside(tmp_path):
+    """A checkpoint that reads but was written by a newer fcn-jax is refused naming the version; it is not
+    taken for a damaged one (which would be renamed to <step>.damaged, one step after the other)."""
+    from fcn_jax import train_lib
+    from fcn_jax.config import TrainConfig, from_dict
+    workdir = tmp_path / "workdir"
+    shutil.copytree(WORKDIR, workdir)
+    for step in ("2", "4"):
+        path = workdir / "checkpoints" / step / "meta" / "metadata"
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), version=2)))
+    with open(os.path.join(WORKDIR, "config.json")) as f:
+        cfg = from_dict(TrainConfig, json.load(f))
+    checkpoints = checkpoint.TrainCheckpointer(str(workdir), keep=2)
+    try:
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match="meta version 2 is newer"):
+            checkpoints.restore(train_lib.abstract_state(cfg, cfg.model.build(), fcn_jax.parallel.make_mesh()))
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match="meta version 2 is newer"):
+            checkpoints.meta(4)
+    finally:
+        checkpoints.close()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # nothing set aside
+    with pytest.raises(fcn_jax.loading.LoadError, match="meta version 2 is newer"):
+        fcn_jax.load_model(str(workdir), step="latest")
+    with pytest.raises(ValueError, match="version are CheckpointMeta fields"):
+        checkpoint.model_meta(cfg.model, ["c"] * 7, "caffe", source="x", **{"collections": ("params",),
+                                                                           "version": 9, "step": 3})

@@ -300,3 +300,27 @@ def test_init_transfers_backbone_and_statistics_into_another_class_count(trained
     np.testing.assert_array_equal(ln["batch_stats/backbone/bn1/mean"], lf["batch_stats/backbone/bn1/mean"])
     np.testing.assert_array_equal(ln["params/backbone/bn1/scale"], lf["params/backbone/bn1/scale"])
     np.testing.assert_array_equal(ln["batch_stats/backbone/bn2/mean"], ls["batch_stats/backbone/bn2/mean"])
+
+
+def test_init_from_parameters_only_keeps_the_statistics_and_dont_load_reaches_training(trained):
+    """A source without batch statistics (ImageNet-style weights: parameters only) starts a BatchNorm net:
+    parameters copied, statistics left at their initialisation and reported as such; TrainConfig.dont_load
+    (--dont-load) reaches --init."""
+    from fcn_jax import train_lib
+    from fcn_jax.configs import get_config
+    _, source, _ = fcn_jax.load_model(str(trained["straight"]), step="latest")
+    target_cfg = ModelConfig(tiny_bn.VARIANT, N, padding="same", dropout_rate=0.0)
+    fresh = fcn_jax.models.initial_variables(target_cfg.build(), jax.random.PRNGKey(5))
+    new, kept = loading.transfer(fresh, {"params": source["params"]})
+    ln, lf, ls = leaves(new), leaves(fresh), leaves(source)
+    np.testing.assert_array_equal(ln["params/backbone/conv1/kernel"], ls["params/backbone/conv1/kernel"])
+    np.testing.assert_array_equal(ln["batch_stats/backbone/bn1/mean"], lf["batch_stats/backbone/bn1/mean"])
+    assert "batch_stats/backbone/bn1/mean" in kept and "backbone/conv1/kernel" not in kept
+    cfg = get_config("shapes", tiny_bn.VARIANT, model=dict(variant=tiny_bn.VARIANT, num_classes=N, width=1.0),
+                     init=str(trained["straight"]), dont_load="backbone/bn1/.*")
+    variables, _ = train_lib.initial_variables_for(cfg, cfg.model.build())
+    lv, init = leaves(variables), leaves(train_lib.init_variables(cfg, cfg.model.build()))
+    np.testing.assert_array_equal(lv["batch_stats/backbone/bn1/var"], init["batch_stats/backbone/bn1/var"])
+    np.testing.assert_array_equal(lv["batch_stats/backbone/bn2/var"], ls["batch_stats/backbone/bn2/var"])
+    with pytest.raises(ValueError, match="dont_load='\\(' is not a regular expression"):
+        get_config("shapes", "fcn8s", dont_load="(")

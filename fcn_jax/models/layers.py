@@ -97,7 +97,8 @@ class BatchNorm(nn.Module):
     devices the means are over the *global* batch (SyncBN semantics): XLA reduces across the devices.
 
     ``frozen``: always use the running statistics (fine-tuning at small batches); the affine parameters
-    still train unless the optimiser freezes them.
+    still train unless the optimiser freezes them. In an FCN with ``padding='same'`` the input is padded
+    to a multiple of the output stride first, so training statistics then include those padded pixels.
     Parameters ``scale`` (C,) = PyTorch's ``weight``, ``bias`` (C,); collection ``batch_stats``: ``mean``
     = ``running_mean``, ``var`` = ``running_var``.
     """
