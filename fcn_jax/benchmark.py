@@ -37,7 +37,6 @@ from fcn_jax import configs, parallel
 from fcn_jax.config import ModelConfig, TrainConfig
 from fcn_jax.inference import forward
 from fcn_jax.models import input_shape, main_output, outputs
-from fcn_jax.models.outputs import label_fields
 from fcn_jax.train_lib import create_train_state, make_train_step
 
 MODES = ("train", "infer")
@@ -158,8 +157,11 @@ def host_batch(cfg: BenchmarkConfig, batch_size: int) -> dict[str, np.ndarray]:
     shape = (batch_size, *cfg.image_size)
     image = 50.0 * rng.standard_normal((*shape, 3), np.float32)
     batch = {"image": image}
-    for key, _ in label_fields(outputs(cfg.variant, cfg.num_classes)):  # every label an output learns from
-        label = rng.integers(0, cfg.num_classes, shape, dtype=np.int32)
+    classes: dict[str, int] = {}  # every label an output learns from, over its output's classes
+    for o in outputs(cfg.variant, cfg.num_classes):
+        classes.setdefault(o.batch_key, o.classes)
+    for key, n in classes.items():
+        label = rng.integers(0, n, shape, dtype=np.int32)
         label[rng.random(shape) < VOID_FRACTION] = 255
         batch[key] = label
     return batch

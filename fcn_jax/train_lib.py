@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -393,13 +392,6 @@ def initial_variables_for(cfg: TrainConfig, model: nn.Module,
                                              dont_load=() if cfg.dont_load is None else (cfg.dont_load,),
                                              report=report)
     return variables, info.preprocessing
-
-
-def initial_params(cfg: TrainConfig, model: nn.Module,
-                   report: Callable[[str], None] | None = None) -> tuple[Any, str | None]:
-    """:func:`initial_variables_for`'s parameter tree and convention (for models with no other collection)."""
-    variables, convention = initial_variables_for(cfg, model, report)
-    return variables[PARAMS], convention
 
 
 def dataset_options(cfg: TrainConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fcn_jax import checkpoint, parallel
 from fcn_jax.config import ModelConfig
 from fcn_jax.configs import get_config
 from fcn_jax.models import bilinear_init
-from fcn_jax.train_lib import create_train_state, initial_params, make_train_step
+from fcn_jax.train_lib import create_train_state, initial_variables_for, make_train_step
 
 MODEL = dict(num_classes=3, width=1 / 16, dropout_rate=0.0)
 
@@ -119,7 +119,8 @@ def test_stage_init_refills_fixed_upsamplers(tmp_path):
     for freeze in ("all", "none"):
         cfg = get_config("reference", "fcn8s", model={**MODEL, "freeze_upsamplers": freeze},
                          init=str(tmp_path / "fcn16s"))
-        params, convention = initial_params(cfg, cfg.model.build())
+        variables, convention = initial_variables_for(cfg, cfg.model.build())
+        params = variables["params"]
         assert convention == "caffe"
         for name in ("backbone", "score_fr", "score_pool4"):
             jax.tree.map(np.testing.assert_array_equal, jax.device_get(params[name]), source[name])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -75,7 +76,6 @@ _LAZY_MODULES = ("common", "nyud", "pascal_context", "shapes", "sift_flow", "voc
 _BUILDER_CLASSES = {"shapes": ("shapes", "Shapes"), "voc_segmentation": ("voc", "VocSegmentation"),
                     "pascal_context": ("pascal_context", "PascalContext"), "sift_flow": ("sift_flow", "SiftFlow"),
                     "nyud": ("nyud", "Nyud")}
-_builders_cache: dict[str, type[SegmentationBuilder]] | None = None
 
 
 def _submodule(name: str) -> types.ModuleType:
@@ -98,12 +98,10 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))
 
 
+@functools.cache
 def _builders() -> dict[str, type[SegmentationBuilder]]:
     """{dataset name: builder class}; the first call imports tfds and every builder module (registering them)."""
-    global _builders_cache
-    if _builders_cache is None:
-        _builders_cache = {name: getattr(_submodule(module), cls) for name, (module, cls) in _BUILDER_CLASSES.items()}
-    return _builders_cache
+    return {name: getattr(_submodule(module), cls) for name, (module, cls) in _BUILDER_CLASSES.items()}
 
 
 def _known_names() -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # tfds-free names, defined in fcn_jax.data.base and re-exported here (existing imports keep working).
-from fcn_jax.data.base import EVAL_SPLIT, FILE_FORMAT, TRAIN_SPLIT, DataError, tfds_progress_bars
+from fcn_jax.data.base import EVAL_SPLIT, FILE_FORMAT, TRAIN_SPLIT, DataError, tfds_progress_bars  # noqa: F401
 
 if not tfds_progress_bars():  # fcn_jax.data.disable_progress_bars() was called before tfds was imported
     tfds.disable_progress_bar()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 
 from fcn_jax.models.heads import SkipSpec, Upsampler
 from fcn_jax.models.layers import PADDINGS, check_padding
 from fcn_jax.models.outputs import Output, evaluated
 from fcn_jax.models.spec import HeadSpec, Stream, VariantSpec
+from fcn_jax.models.table import Registry
 
 __all__ = ["PADDINGS", "SPECS", "VARIANTS", "check_padding", "check_variant", "evaluated_outputs",
            "final_upsampler_names", "get_variant", "input_shape", "main_output", "outputs", "register_variant",
@@ -46,7 +46,7 @@ def _siftflow(skip: SkipSpec) -> tuple[HeadSpec, ...]:
             HeadSpec("skip", Output("geo", 3, "geometric"), dataclasses.replace(skip, suffix="_geo")))
 
 
-_SPECS: dict[str, VariantSpec] = {
+_BUILTIN_SPECS: dict[str, VariantSpec] = {
     "fcn32s": VariantSpec("vgg16", _one(_FCN32S), "FCN-32s: fc7 scores upsampled x32 in one step"),
     "fcn16s": VariantSpec("vgg16", _one(_FCN16S), "FCN-16s: FCN-32s plus a pool4 skip, upsampled x16"),
     "fcn8s": VariantSpec("vgg16", _one(_FCN8S), "FCN-8s: FCN-16s plus a pool3 skip, upsampled x8"),
@@ -85,68 +85,34 @@ _SPECS: dict[str, VariantSpec] = {
     "fcn-googlenet": VariantSpec("googlenet", _one(_skip((), (Upsampler("upscore", 63, 32),), (), 16)),
                                  "FCN-GoogLeNet: inception_5b scores upsampled x32 in one step (paper Table 1)"),
 }
-SPECS: Mapping[str, VariantSpec] = MappingProxyType(_SPECS)
-_BUILTIN = frozenset(_SPECS)
-
-
-class _Names(Sequence):
-    """The registered variant names, in registration order (a live view: registering adds to it)."""
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return tuple(_SPECS)[index]
-
-    def __len__(self) -> int:
-        return len(_SPECS)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(_SPECS))
-
-    def __contains__(self, name: object) -> bool:
-        return name in _SPECS
-
-    def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _Names)) else other)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-
-VARIANTS: Sequence[str] = _Names()
+SPECS: Registry[VariantSpec] = Registry("FCN variant", _BUILTIN_SPECS)
+VARIANTS: Sequence[str] = SPECS.names  # live: registered variants join it
 
 
 def register_variant(name: str, spec: VariantSpec) -> VariantSpec:
     """Adds variant ``name`` (its backbone and head kinds must be registered); returns ``spec``."""
     from fcn_jax.models.backbones import get_backbone
     from fcn_jax.models.heads import get_head
-    if name in _SPECS and _SPECS[name] != spec:
-        raise ValueError(f"variant {name!r} is already registered")
     get_backbone(spec.backbone)
     for head in spec.heads:
         get_head(head.kind)
-    _SPECS[name] = spec
-    return spec
+    return SPECS.register(name, spec)
 
 
 def unregister_variant(name: str) -> None:
     """Removes a variant added with :func:`register_variant` (the built-in table stays)."""
-    if name in _BUILTIN:
-        raise ValueError(f"{name!r} is a built-in variant")
-    _SPECS.pop(name, None)
+    SPECS.unregister(name)
 
 
 def check_variant(variant: str) -> str:
     """Returns ``variant`` if known, else raises ValueError naming the choices."""
-    if variant not in _SPECS:
-        raise ValueError(f"unknown FCN variant {variant!r}; expected one of {tuple(_SPECS)}")
+    SPECS.check(variant)
     return variant
 
 
 def get_variant(variant: str) -> VariantSpec:
     """The spec of a (validated) variant name."""
-    return _SPECS[check_variant(variant)]
+    return SPECS.check(variant)
 
 
 def outputs(variant: str, num_classes: int) -> tuple[Output, ...]:

@@ -9,32 +9,25 @@ whose ``__call__(x, train=False)`` maps NHWC images (N, H, W, C) to a dict of NH
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
-
 import flax.linen as nn
 
 from fcn_jax.models.backbones.alexnet import AlexNet
 from fcn_jax.models.backbones.googlenet import GoogLeNet
 from fcn_jax.models.backbones.vgg import VGG16
+from fcn_jax.models.table import Registry
 
-_BACKBONES: dict[str, type[nn.Module]] = {"vgg16": VGG16, "alexnet": AlexNet, "googlenet": GoogLeNet}
-BACKBONES: Mapping[str, type[nn.Module]] = MappingProxyType(_BACKBONES)
+BACKBONES: Registry[type[nn.Module]] = Registry("backbone", {"vgg16": VGG16, "alexnet": AlexNet,
+                                                             "googlenet": GoogLeNet})
 
 
 def register_backbone(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     """Makes backbone class ``cls`` available to variant specs as ``name``; returns ``cls``."""
-    if name in _BACKBONES and _BACKBONES[name] is not cls:
-        raise ValueError(f"backbone {name!r} is already registered")
-    _BACKBONES[name] = cls
-    return cls
+    return BACKBONES.register(name, cls)
 
 
 def get_backbone(name: str) -> type[nn.Module]:
     """The backbone class called ``name``, else ValueError naming the choices."""
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {tuple(_BACKBONES)}")
-    return _BACKBONES[name]
+    return BACKBONES.check(name)
 
 
 __all__ = ["BACKBONES", "VGG16", "get_backbone", "register_backbone"]

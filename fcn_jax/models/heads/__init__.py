@@ -6,30 +6,22 @@ to (N, height, width, output.classes) logits. :func:`register_head` adds a kind.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
-
 import flax.linen as nn
 
 from fcn_jax.models.heads.skip import SkipHead, SkipSpec, Upsampler
+from fcn_jax.models.table import Registry
 
-_HEADS: dict[str, type[nn.Module]] = {"skip": SkipHead}
-HEADS: Mapping[str, type[nn.Module]] = MappingProxyType(_HEADS)
+HEADS: Registry[type[nn.Module]] = Registry("head kind", {"skip": SkipHead})
 
 
 def register_head(kind: str, cls: type[nn.Module]) -> type[nn.Module]:
     """Makes head class ``cls`` available to variant specs as ``kind``; returns ``cls``."""
-    if kind in _HEADS and _HEADS[kind] is not cls:
-        raise ValueError(f"head kind {kind!r} is already registered")
-    _HEADS[kind] = cls
-    return cls
+    return HEADS.register(kind, cls)
 
 
 def get_head(kind: str) -> type[nn.Module]:
     """The head class of ``kind``, else ValueError naming the choices."""
-    if kind not in _HEADS:
-        raise ValueError(f"unknown head kind {kind!r}; expected one of {tuple(_HEADS)}")
-    return _HEADS[kind]
+    return HEADS.check(kind)
 
 
 __all__ = ["HEADS", "SkipHead", "SkipSpec", "Upsampler", "get_head", "register_head"]
