@@ -36,6 +36,11 @@ from fcn_jax.runlog import RunLog
 from fcn_jax.variables import PARAMS, as_variables, join, model_state
 
 
+class ConfigError(ValueError):
+    """The config does not fit the dataset, the ``--init`` weights or the workdir: a usage error (one line,
+    exit code 2), always found before anything is created in the workdir."""
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, incompatible workdir); the message says why."""
 
@@ -88,7 +93,7 @@ def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
     for flag, pattern in (("trainable", trainable), ("frozen", frozen)):
         if pattern is not None and not any(re.fullmatch(pattern, p) for p in paths):
             examples = ", ".join([paths[0]] + [f"{name}/kernel" for name in ups[-1:]])
-            raise ValueError(f"{flag}={pattern!r} matches no parameter; paths look like {examples}")
+            raise ValueError(f"--{flag} {pattern!r} matches no parameter; paths look like {examples}")
 
     def label(path: tuple[Any, ...], _: Any) -> str:
         names = [getattr(p, "key", str(p)) for p in path]
@@ -434,12 +439,12 @@ def _saved_config(checkpoints: ckpt_lib.TrainCheckpointer, step: int, workdir: s
 
 def check_resume(cfg: TrainConfig, saved: dict[str, Any], workdir: str, log: Callable[[str], None]) -> None:
     """Compares the requested config with the one a workdir was trained with: a different network is a
-    TrainingError naming each field; other changes (lr, steps, ...) are allowed and logged as a warning."""
+    ConfigError naming each field; other changes (lr, steps, ...) are allowed and logged as a warning."""
     old, new = _flat(saved), _flat(to_dict(cfg))
     changed = [k for k in new if k in old and old[k] != new[k]]
     model = [k for k in changed if k.startswith("model.")]
     if model:
-        raise TrainingError(f"{workdir} holds a different network: " + "; ".join(
+        raise ConfigError(f"{workdir} holds a different network: " + "; ".join(
             f"{k[len('model.'):]} {old[k]!r} there, {new[k]!r} requested" for k in model)
             + "; use another --workdir or the run's settings")
     others = [k for k in changed if k not in ("init", "preset")]
@@ -593,7 +598,7 @@ def _dataset(cfg: TrainConfig, progress: bool, log: RunLog) -> tuple[TrainConfig
     options = dataset_options(cfg)
     ds_meta = data_lib.dataset_meta(cfg.dataset, cfg.data_dir, progress=progress, **options)
     if ds_meta.num_classes != cfg.model.num_classes:
-        raise TrainingError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
+        raise ConfigError(f"dataset {cfg.dataset} has {ds_meta.num_classes} classes but the model has "
                             f"{cfg.model.num_classes} (--num-classes)")
     if ds_meta.description:
         log(ds_meta.description)
@@ -611,7 +616,7 @@ def _start_variables(cfg: TrainConfig, model: nn.Module, log: RunLog) -> dict[st
     # the caffe* conventions differ only in the mean subtracted: the reference starts SIFT Flow and NYUD
     # (their own means) from the VGG16 of the ImageNet mean
     if convention is not None and convention_family(convention) != convention_family(cfg.preprocessing):
-        raise TrainingError(f"--init weights expect preprocessing {convention!r} but the config says "
+        raise ConfigError(f"--init weights expect preprocessing {convention!r} but the config says "
                             f"{cfg.preprocessing!r}; pass --preprocessing {convention}")
     return variables
 
@@ -696,7 +701,7 @@ def _sources(cfg: TrainConfig, ds_meta: Any) -> tuple[Any, Any]:
             try:
                 pipeline.read_fields(source[0], inputs, label_fields(needed))
             except ValueError as e:
-                raise TrainingError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
+                raise ConfigError(f"--dataset {cfg.dataset} ({split}) does not fit {cfg.model.variant}: "
                                     f"{e}") from None
     return train_source, eval_source
 
@@ -763,8 +768,12 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     cfg, ds_meta = _dataset(cfg, progress and lead, log)
     model = cfg.model.build()
     fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
-    # validated (e.g. --init read) before anything is created in the workdir
+    # everything the user chose is validated (the dataset's fields, --init read, --trainable / --frozen
+    # matching parameters) before anything is created in the workdir
+    train_source, eval_source = _sources(cfg, ds_meta)
     variables = _start_variables(cfg, model, log) if fresh else None
+    param_labels(jax.eval_shape(lambda: init_variables(cfg, model)) if variables is None else variables,
+                 cfg.model, cfg.trainable, cfg.frozen)
     checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
     state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
     if start >= cfg.steps:
@@ -777,7 +786,6 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
         _write_run(cfg, workdir, log)
     meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg),
                                colours=ds_meta.colours or None, collections=tuple(sorted(state.variables)))
-    train_source, eval_source = _sources(cfg, ds_meta)
     step_fn = make_train_step(cfg, mesh, state.params)
     writer = SummaryWriter(workdir, enabled=lead)
     validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints, meta, writer,

@@ -33,6 +33,7 @@ import functools
 import importlib
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -60,6 +61,7 @@ IMAGENET_CAFFE_SIGNATURES = (("conv1/7x7_s2", "googlenet"), ("conv1", "alexnet")
 TORCH_SUFFIXES = (".pth", ".pt")
 NPZ_SUFFIXES = (".npz",)
 SAFETENSORS_SUFFIXES = (".safetensors",)
+NETWORK_SUFFIXES = (".prototxt", ".pbtxt")  # definitions without weights: a common mix-up
 H5_SUFFIXES = (".h5", ".hdf5")
 CAFFE_SUFFIXES = (".caffemodel",)
 SUFFIXES = TORCH_SUFFIXES + NPZ_SUFFIXES + SAFETENSORS_SUFFIXES + H5_SUFFIXES + CAFFE_SUFFIXES
@@ -199,7 +201,10 @@ def _torch_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
     except ImportError:
         raise WeightsError(f"{path}: reading a .pth file needs PyTorch (pip install torch), or convert it "
                            f"to .npz / .safetensors elsewhere") from None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused what the pickle holds
+        raise WeightsError(f"{path}: {_unpickling_reason(str(e))}") from None
     if isinstance(obj, Mapping):  # training checkpoints wrap the state dict
         for wrapper in ("model_state_dict", "state_dict"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -207,7 +212,27 @@ def _torch_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a PyTorch state dict (expected a mapping of names to tensors)")
-    return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}, {}
+    # floating tensors as float32 (NumPy has no bfloat16); others keep their dtype, which is then refused
+    return {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).numpy()
+            for k, v in obj.items()}, {}
+
+
+def _unpickling_reason(message: str) -> str:
+    """torch.load(weights_only=True)'s long refusal -> what the file is, in a few words."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"holds a pickled Python object ({found.group(1)}), not a state dict of tensors; save "
+                f"model.state_dict() instead (fcn-jax never unpickles code)")
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+    return f"cannot read as a .pth weights file (unpickling failed: {one_line(detail.group(1) if detail else message)})"
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """``text`` as one readable line: ANSI escapes dropped, whitespace collapsed, cut at a word boundary."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
 def _npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -267,6 +292,18 @@ def _keras_h5(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 CAFFE_VGG16_KEYS = {**{conv: f"features.{index}" for conv, index in zip(CONVS, TORCH_FEATURE_INDEX)},
                     "fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 ATONCE = "fcn8s-atonce"
+
+
+def source_name(key: str, path: str) -> str:
+    """How the file ``path`` names the array read as ``key``: the key itself, or for a ``.caffemodel``
+    (whose blobs are read under pytorch-fcn / torchvision keys) its Caffe layer and blob, e.g. 'upscore.weight'
+    -> 'layer upscore blob 0', 'features.0.bias' -> 'layer conv1_1 blob 1'."""
+    if not path.lower().endswith(CAFFE_SUFFIXES) or "." not in key:
+        return key
+    prefix, blob = key.rsplit(".", 1)
+    layer = {v: k for k, v in CAFFE_VGG16_KEYS.items()}.get(prefix, prefix)
+    index = {"weight": "0", "bias": "1"}.get(blob, blob[len("blob"):] if blob.startswith("blob") else blob)
+    return f"layer {layer} blob {index}"
 
 
 def _caffe_keys(prefix: str, blobs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
@@ -351,6 +388,9 @@ def read_tensors(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], 
     readers = {**dict.fromkeys(TORCH_SUFFIXES, _torch_state_dict), **dict.fromkeys(NPZ_SUFFIXES, _npz),
                **dict.fromkeys(SAFETENSORS_SUFFIXES, _safetensors), **dict.fromkeys(H5_SUFFIXES, _keras_h5),
                **dict.fromkeys(CAFFE_SUFFIXES, functools.partial(_caffemodel, width=width))}
+    if suffix in NETWORK_SUFFIXES:
+        raise WeightsError(f"{path}: a {suffix} file is a Caffe network definition, not weights; pass the "
+                           f".caffemodel trained with it (the network comes from --variant)")
     if suffix not in readers:
         raise WeightsError(f"{path}: unknown weights file extension {suffix or '(none)'!r}; expected one of "
                            f"{', '.join(SUFFIXES)} or an fcn-jax checkpoint directory")
@@ -359,8 +399,8 @@ def read_tensors(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], 
     except WeightsError:
         raise
     except Exception as e:  # torch, numpy, zipfile, h5py, safetensors and the OS raise their own kinds
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise WeightsError(f"{path}: cannot read as a {suffix} weights file ({detail[:200]})") from None
+        detail = one_line(str(e)) or type(e).__name__
+        raise WeightsError(f"{path}: cannot read as a {suffix} weights file ({detail})") from None
 
 
 def detect_format(keys: Any, path: str = "weights") -> str:
@@ -495,8 +535,9 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
         return traverse_util.unflatten_dict(flat)
     table = _table(fmt, shapes, spec)
     keys, wanted = set(tensors), {e.key for e in table}
-    missing = sorted(wanted - keys)
-    unexpected = sorted(keys - wanted - set(IGNORED[fmt]))
+    name = functools.partial(source_name, path=path)
+    missing = sorted(map(name, wanted - keys))
+    unexpected = sorted(map(name, keys - wanted - set(IGNORED[fmt])))
     what = f"{variant} ({num_classes} classes, width {width:g})"
     if missing or unexpected:
         hint = ""
@@ -506,14 +547,18 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
         parts = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
             [f"unexpected keys {', '.join(unexpected)}"] if unexpected else [])
         raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(parts)}{hint}")
+    not_float = [f"{name(e.key)} is {np.asarray(tensors[e.key]).dtype}" for e in table
+                 if not jnp.issubdtype(np.asarray(tensors[e.key]).dtype, jnp.floating)]
+    if not_float:
+        raise WeightsError(f"{path}: weights must be floating point: {'; '.join(not_float)}")
     bad = []
     for e in table:
         expected = tuple(e.transform.source_shape(shapes[e.path]))
         if tuple(tensors[e.key].shape) != expected:
-            bad.append(f"{e.key} has shape {_shape(tensors[e.key].shape)}, expected {_shape(expected)}")
+            bad.append(f"{name(e.key)} has shape {_shape(tensors[e.key].shape)}, expected {_shape(expected)}")
     if bad:
         raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(bad)}")
-    broken = [f"{e.key} ({int(np.size(t) - np.isfinite(t).sum())} of {np.size(t)} values)" for e in table
+    broken = [f"{name(e.key)} ({int(np.size(t) - np.isfinite(t).sum())} of {np.size(t)} values)" for e in table
               if not np.isfinite(t := np.asarray(tensors[e.key], np.float32)).all()]
     if broken:
         raise WeightsError(f"{path}: non-finite values (NaN or inf) in {', '.join(broken)}")

@@ -415,3 +415,18 @@ def test_convert_cli_takes_a_caffemodel(fcn8s: tuple[Path, dict], tmp_path: Path
     assert ".caffemodel" in weights.SUFFIXES
     with pytest.raises(ValueError, match="nope.caffemodel: no such file"):
         fcn_jax.load_weights(str(tmp_path / "nope.caffemodel"))
+
+
+def test_shape_errors_name_the_caffe_layer_and_blob(tmp_path: Path) -> None:
+    """A .caffemodel's arrays are named as Caffe names them (layer, blob index), not by the pytorch-fcn keys
+    they are read under (issue 24, item 13)."""
+    arrays = fcn_arrays("fcn8s")
+    arrays["upscore8.weight"] = arrays["upscore8.weight"][:, :, :8, :8]
+    arrays["score_pool3.bias"] = arrays["score_pool3.bias"][:3]
+    path = write(tmp_path / "fcn8s-heavy-pascal.caffemodel", fcn8s_caffemodel(arrays))
+    with pytest.raises(WeightsError) as e:
+        fcn_jax.load_weights(str(path), width=WIDTH)
+    text = str(e.value)
+    assert "layer upscore8 blob 0 has shape (5, 5, 8, 8), expected (5, 5, 16, 16)" in text, text
+    assert "layer score_pool3 blob 1 has shape (3), expected (5)" in text, text
+    assert "upscore8.weight" not in text and "score_pool3.bias" not in text

@@ -84,3 +84,34 @@ def test_weighted_mean_loss_in_the_train_step():
     _, metrics = make_train_step(cfg, mesh)(create_train_state(cfg, model, params), batch)
     total, norm = _numpy_weighted_ce(logits, labels, np.array([0.5, 1.0, 4.0]))
     np.testing.assert_allclose(float(metrics["loss"]), total / norm, rtol=1e-4)
+
+
+def _write_folder(root, values):
+    """A folder dataset of 10 16x16 images whose grayscale masks hold ``values`` (one per mask, cycled)."""
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.randint(0, 255, (16, 16, 3), np.uint8)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = values[i % len(values)]
+        mask[0, 0] = max(values)  # every mask holds the largest value: the split decides nothing
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return f"folder:{root}"
+
+
+@pytest.mark.parametrize("values, binary, given", [((1, 2), False, "1,5,2"), ((255,), True, "1,5")])
+def test_class_weights_are_checked_against_the_datasets_classes(tmp_path, values, binary, given):
+    """A folder defines the class count (3 classes; binary masks: 2): weights for that many are accepted
+    whatever the preset's count (7), others refused naming the dataset's count (issue 24, item 9)."""
+    from fcn_jax.cli import UsageError
+    from fcn_jax.cli import train as train_cli
+    dataset = _write_folder(tmp_path / "data", values)
+    flags = ["--dataset", dataset, "--no-progress"] + (["--binary-masks"] if binary else [])
+    cfg = train_cli.build_config(train_cli.build_parser().parse_args(flags + ["--class-weights", given]))
+    assert cfg.model.num_classes == len(given.split(",")) != get_config("shapes").model.num_classes
+    assert cfg.class_weights == given
+    wrong = ",".join(["1"] * (len(given.split(",")) + 1))
+    with pytest.raises(UsageError, match=f"{len(given.split(',')) + 1} weights for {len(given.split(','))} classes"):
+        train_cli.build_config(train_cli.build_parser().parse_args(flags + ["--class-weights", wrong]))

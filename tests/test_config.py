@@ -158,3 +158,21 @@ def test_shims_are_thin():
         lines = [line for line in open(os.path.join(ROOT, name)) if line.strip()]
         assert len(lines) <= 8 and any(f"from fcn_jax.cli.{name[:-3]} import main" in line for line in lines)
     assert cli.UsageError  # the shared plumbing stays importable
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("def get_config(variant)\n    pass\n", "my.py:1: SyntaxError: expected ':'"),
+    ("import os\n\ndef get_config(variant):\n    raise RuntimeError('no such preset here')\n",
+     "my.py:4: RuntimeError: no such preset here (in get_config('fcn8s'))"),
+    ("import os\nimport no_such_module_anywhere\n", "my.py:2: ModuleNotFoundError: No module named "
+                                                   "'no_such_module_anywhere'"),
+])
+def test_a_broken_config_file_is_one_line_naming_file_and_line(tmp_path, capsys, monkeypatch, body, expected):
+    """A syntax error, an exception in get_config, a failing import: one line with the file's line, exit 2,
+    no workdir (issue 24, item 8)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.py").write_text(body)
+    assert train_cli.main(["--variant", "fcn8s", "--config", "my.py", "--workdir", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"train.py: error: --config {expected}"]
+    assert not (tmp_path / "run").exists()

@@ -150,5 +150,5 @@ def test_only_the_classifier_trains_in_fcn32s_fixed():
         assert not np.array_equal(after["score_fr"]["kernel"], params0["score_fr"]["kernel"])
         assert not np.array_equal(after["score_fr"]["bias"], params0["score_fr"]["bias"])
     cfg = get_config("reference", "fcn32s", model=MODEL, trainable="score_pool4/.*")
-    with pytest.raises(ValueError, match="trainable='score_pool4/.\\*' matches no parameter"):
+    with pytest.raises(ValueError, match="--trainable 'score_pool4/.\\*' matches no parameter"):
         create_train_state(cfg, cfg.model.build(), params0)

@@ -213,3 +213,18 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(env):
 # The runs the module starts at once (when their test is selected), by test.
 EARLY = {"test_non_finite_loss_stops_with_message": non_finite_args,
          "test_an_unreachable_coordinator_is_one_line": unreachable_args}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--inputs", "hha"], "--dataset shapes/tiny (train) does not fit fcn16s: examples have no 'hha' field"),
+    (["--trainable", "nothing/.*"], "--trainable 'nothing/.*' matches no parameter"),
+])
+def test_choices_that_do_not_fit_create_no_workdir(env, capsys, extra, message):
+    """A usage error found in set-up (the dataset's fields, regular expressions over the parameters) is one
+    line, exit 2, before anything is created in the workdir (issue 24, item 11)."""
+    from fcn_jax.cli import train as train_cli
+    workdir = env["root"] / f"unfit{len(extra[1])}"
+    assert train_cli.main(tiny_args(env, workdir, 2)[2:] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"train.py: error: {message}"), err
+    assert not workdir.exists()

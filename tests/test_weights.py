@@ -497,3 +497,57 @@ def test_non_finite_weights_are_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"fcn32s_broken.npz: non-finite values \(NaN or inf\) in "
                                            r"conv3_2.weight \(1 of \d+ values\), score_fr.bias \(2 of 5 values\)"):
         fcn_jax.load_weights(str(path), width=WIDTH)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_])
+def test_non_float_weights_are_refused_naming_the_key(suffix: str, dtype: type, tmp_path: Path) -> None:
+    """Integer or boolean arrays under weight keys are a broken file, not a float32 model (issue 24, item 10)."""
+    tensors = random_tensors("fcn", "fcn32s")
+    tensors["score_fr.weight"] = (tensors["score_fr.weight"] > 0).astype(dtype)
+    path = tmp_path / f"fcn32s_from_caffe{suffix}"
+    if suffix == ".npz":
+        np.savez(path, **tensors)
+    else:
+        from safetensors.numpy import save_file
+        save_file(tensors, str(path))
+    with pytest.raises(WeightsError, match=rf"must be floating point: score_fr\.weight is {np.dtype(dtype).name}"):
+        fcn_jax.load_weights(str(path), width=WIDTH)
+
+
+def test_non_float_pth_tensor_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    tensors = random_tensors("fcn", "fcn32s")
+    state = {k: torch.from_numpy(v) for k, v in tensors.items()}
+    state["fc7.bias"] = torch.zeros(state["fc7.bias"].shape, dtype=torch.int64)
+    torch.save(state, tmp_path / "fcn32s_from_caffe.pth")
+    with pytest.raises(WeightsError, match=r"must be floating point: fc7\.bias is int64"):
+        fcn_jax.load_weights(str(tmp_path / "fcn32s_from_caffe.pth"), width=WIDTH)
+
+
+def test_torch_refusals_are_one_clean_line(tmp_path: Path) -> None:
+    """Random bytes and a pickled whole module: one line saying what the file is, no ANSI escapes, nothing cut
+    mid-word (torch's own message is several paragraphs with terminal colour codes)."""
+    torch = pytest.importorskip("torch")
+    (tmp_path / "random.pth").write_bytes(np.random.RandomState(0).bytes(3000))
+    torch.save(torch.nn.Conv2d(3, 4, 3), tmp_path / "module.pth")
+    for name, expected in (("random.pth", r"random\.pth: cannot read as a \.pth weights file \(unpickling failed: [^)]+\)$"),
+                           ("module.pth", r"module\.pth: holds a pickled Python object \(torch\.nn\.modules\.conv"
+                                          r"\.Conv2d\), not a state dict of tensors; save model\.state_dict\(\)")):
+        with pytest.raises(WeightsError) as e:
+            fcn_jax.load_weights(str(tmp_path / name), "fcn32s")
+        text = str(e.value)
+        assert "\n" not in text and "\x1b" not in text and "weights_only" not in text, text
+        assert __import__("re").search(expected, text), text
+
+
+def test_long_reader_errors_are_cut_at_a_word() -> None:
+    text = weights.one_line("\x1b[1mbold\x1b[0m " + "word " * 100)
+    assert text.startswith("bold word") and text.endswith("word ...") and "\x1b" not in text and len(text) <= 164
+
+
+def test_a_prototxt_is_named_a_network_definition(tmp_path: Path) -> None:
+    (tmp_path / "deploy.prototxt").write_text('name: "voc-fcn8s"\n')
+    with pytest.raises(WeightsError, match=r"deploy\.prototxt: a \.prototxt file is a Caffe network definition, "
+                                           r"not weights; pass the \.caffemodel"):
+        fcn_jax.load_weights(str(tmp_path / "deploy.prototxt"), "fcn8s")

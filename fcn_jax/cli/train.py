@@ -97,7 +97,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     try:
         cfg = configs.get_config(python_file or args.preset, args.variant)
     except ValueError as e:
-        raise cli.UsageError(f"--config {python_file}: {e}" if python_file else str(e)) from None
+        raise cli.UsageError(f"--config {e}" if python_file else str(e)) from None  # e names the file
     fields: dict[str, Any] = {}
     if args.config and python_file is None:
         fields.update(cli.read_json_file(args.config, "--config"))
@@ -108,18 +108,22 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     dataset = fields.get("dataset")
     if isinstance(dataset, str) and dataset.startswith(FOLDER):  # recorded absolute: eval runs from anywhere
         fields["dataset"] = dataset = FOLDER + os.path.abspath(dataset[len(FOLDER):])
+    classes_from_data = dataset is not None and "model.num_classes" not in fields and "model" not in fields
+    # the dataset defines the class count: class weights are checked against it, not against the preset's
+    later = {"class_weights": fields.pop("class_weights")} if classes_from_data and "class_weights" in fields else {}
     try:
         cfg = override(cfg, fields)
     except (TypeError, ValueError) as e:
         raise cli.UsageError(f"invalid configuration: {e}") from None
-    if dataset is not None and "model.num_classes" not in fields and "model" not in fields:
-        cfg = _classes_of_dataset(cfg, progress=not getattr(args, "no_progress", False))
+    if classes_from_data:
+        cfg = _classes_of_dataset(cfg, progress=not getattr(args, "no_progress", False), later=later)
     return cfg
 
 
-def _classes_of_dataset(cfg: TrainConfig, progress: bool = True) -> TrainConfig:
+def _classes_of_dataset(cfg: TrainConfig, progress: bool = True, later: dict[str, Any] | None = None) -> TrainConfig:
     """``cfg`` with the model's class count taken from its dataset (``--dataset`` given, ``--num-classes``
-    not): a folder of masks defines its own classes."""
+    not): a folder of masks defines its own classes. ``later``: fields applied after (class weights, which
+    are one per class of the dataset)."""
     from fcn_jax import data
     from fcn_jax.train_lib import dataset_options
     try:
@@ -127,7 +131,7 @@ def _classes_of_dataset(cfg: TrainConfig, progress: bool = True) -> TrainConfig:
     except ValueError as e:
         raise cli.UsageError(f"--dataset {cfg.dataset}: {e}") from None
     try:
-        return override(cfg, {"model.num_classes": meta.num_classes})
+        return override(cfg, {"model.num_classes": meta.num_classes, **(later or {})})
     except ValueError as e:
         raise cli.UsageError(f"invalid configuration: {e}") from None
 

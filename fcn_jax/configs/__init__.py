@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import traceback
 from typing import Any
 
 from fcn_jax.config import TrainConfig, override
@@ -46,13 +47,34 @@ def _from_file(file: str, variant: str) -> TrainConfig:
     if spec is None or spec.loader is None or not file.endswith(".py"):
         raise ValueError(f"{file}: expected a .py file defining get_config(variant)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001  (the user's file: a syntax error, a failing import, ...)
+        raise ValueError(_file_error(file, e)) from None
     if not callable(getattr(module, "get_config", None)):
         raise ValueError(f"{file}: defines no get_config(variant)")
-    config = module.get_config(variant)
+    try:
+        config = module.get_config(variant)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(_file_error(file, e, during=f"get_config({variant!r})")) from None
     if not isinstance(config, TrainConfig):
         raise ValueError(f"{file}: get_config must return a fcn_jax.config.TrainConfig, got {type(config).__name__}")
     return config
+
+
+def _file_error(file: str, error: Exception, during: str | None = None) -> str:
+    """One line for an exception raised by the config file ``file``: where (the file's line, from a syntax
+    error or the innermost traceback frame in the file) and what (type and first line of the message)."""
+    target, line = os.path.realpath(file), None
+    if isinstance(error, SyntaxError) and error.filename and os.path.realpath(error.filename) == target:
+        line, text = error.lineno, f"SyntaxError: {error.msg}"
+    else:
+        frames = traceback.extract_tb(error.__traceback__)
+        line = next((f.lineno for f in reversed(frames) if os.path.realpath(f.filename) == target), None)
+        message = (str(error).strip().splitlines() or [""])[0]
+        text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    where = f"{file}:{line}" if line else file
+    return f"{where}: {text}" + (f" (in {during})" if during else "")
 
 
 def get_config(name: str = "shapes", variant: str = "fcn32s", **overrides: Any) -> TrainConfig:
