@@ -5,7 +5,9 @@ validation and ``eval.py`` both use.
   reference; or padded into shape buckets), planned once, run through :func:`fcn_jax.evaluate.evaluate`
   for given variables; returns the :class:`~fcn_jax.evaluate.EvalResult`.
 - :class:`Pictures`: the ``on_batch`` collector of image | truth | prediction panels for the first images,
-  kept in memory (TensorBoard) and/or saved as files with the label PNGs (``--save-predictions``).
+  kept in memory (TensorBoard) and/or saved as files with the label PNGs (``--save-predictions``), each
+  image's pair written whole and recorded in ``.fcn-eval.jsonl`` there, so that a run continues an
+  interrupted one.
 - :func:`evaluate_checkpoint`: ``eval.py``'s whole job as a library function: a checkpoint and an
   :class:`EvalConfig` -> the printed tables and the JSON record (:func:`head_record` per output).
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +29,7 @@ from jax.sharding import Mesh
 
 from fcn_jax import platform
 from fcn_jax.evaluate import EvalResult, evaluate, local_rows, model_outputs
-from fcn_jax.io import atomic_path, write_json
+from fcn_jax.io import Manifest, WriteError, atomic_group, error_text, is_full_disk, write_json
 from fcn_jax.metrics import format_table
 from fcn_jax.models import resolve_inputs
 from fcn_jax.models.outputs import label_fields
@@ -39,6 +43,18 @@ if TYPE_CHECKING:
 
 class EvalError(ValueError):
     """An evaluation that cannot run as asked; the message is one line naming the flag or file."""
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """An evaluation stopped by SIGINT / SIGTERM (``args[0]``: the signal number) after it could have written
+    something; :attr:`message` says truthfully what is complete."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(signum, message)
+        self.signum, self.message = signum, message
+
+
+PREDICTIONS_MANIFEST = ".fcn-eval.jsonl"  # in --save-predictions: the settings, then one line per image saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +76,7 @@ class EvalConfig:
     scales: tuple[float, ...] = (1.0,)
     save_predictions: str | None = None
     num_pictures: int = 20
+    overwrite: bool = False  # replace --save-predictions files made with other settings (or with no record)
     json_path: str | None = None
     progress: bool = True
     inputs: str | None = None  # None: the run's, else the variant's default
@@ -97,24 +114,35 @@ def default_json_path(ckpt: str, dataset: str, split: str, step: int | None = No
 class Pictures:
     """``on_batch`` callback of :func:`fcn_jax.evaluate.evaluate` keeping image | truth | prediction panels
     ((H, W, 3) uint8, in :attr:`panels`) of the first ``limit`` images; with ``out_dir`` it also writes
-    ``<name>.png`` (predicted labels, palette PNG) and ``<name>_panel.png`` there, each file whole (written
-    to a temporary name, then renamed), and keeps no panels in memory. ``title``: a caption prefix."""
+    ``<name>.png`` (predicted labels, palette PNG) and ``<name>_panel.png`` there (a name that repeats gets
+    ``_2``, ...), the pair written whole (:func:`fcn_jax.io.atomic_group`), and keeps no panels in memory.
+    With ``manifest`` each saved pair is recorded there, and images it records as complete are skipped.
+    :attr:`saved` counts the complete images (skipped ones included), :attr:`skipped` those skipped.
+    A pair that cannot be written raises :class:`~fcn_jax.io.WriteError` (one line, what is complete),
+    leaving no part of it. ``title``: a caption prefix."""
 
     def __init__(self, limit: int, class_names: Sequence[str], convention: str,
                  colours: Sequence[Sequence[int]] | None = None, inputs: str = "image", *,
-                 out_dir: str | None = None, title: str | None = None):
+                 out_dir: str | None = None, title: str | None = None, manifest: Manifest | None = None):
         if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
         self.limit, self.class_names, self.convention, self.colours = limit, class_names, convention, colours
-        self.inputs, self.out_dir, self.title = inputs, out_dir, title
+        self.inputs, self.out_dir, self.title, self.manifest = inputs, out_dir, title, manifest
         self.panels: list[np.ndarray] = []
-        self.saved = 0
+        self.saved = self.skipped = 0
+        recorded = {} if manifest is None else manifest.entries
+        self._used = {e["stem"] for e in recorded.values() if isinstance(e.get("stem"), str)}
 
     def __call__(self, batch: EvalBatch, preds: np.ndarray) -> bool:
         from fcn_jax.viz import colorize, panel
         images, labels = local_rows(batch.image), local_rows(batch.label)
         for row, index in enumerate(np.asarray(batch.indices)):
             if index < 0 or self.saved >= self.limit:
+                continue
+            key = str(int(index))
+            if self.out_dir is not None and self.manifest is not None and self.manifest.complete(key) is not None:
+                self.saved += 1
+                self.skipped += 1
                 continue
             h, w = (int(v) for v in np.asarray(batch.sizes)[row])
             pred = preds[row, :h, :w]
@@ -126,13 +154,34 @@ class Pictures:
             else:
                 name = batch.names[row]
                 name = name.decode() if isinstance(name, bytes) else str(name)
-                stem = os.path.splitext(os.path.basename(name))[0] or f"{int(index):06d}"
-                with atomic_path(os.path.join(self.out_dir, f"{stem}.png")) as tmp:
-                    colorize(pred, self.colours).save(tmp, format="PNG")
-                with atomic_path(os.path.join(self.out_dir, f"{stem}_panel.png")) as tmp:
-                    picture.save(tmp, format="PNG")
+                self._save(key, name, colorize(pred, self.colours), picture)
             self.saved += 1
         return self.saved < self.limit
+
+    def _save(self, key: str, name: str, label: Any, picture: Any) -> None:
+        """Writes image ``key``'s label PNG and panel as one group, recorded in the manifest once in place."""
+        entry = None if self.manifest is None else self.manifest.entries.get(key)
+        if entry is not None and isinstance(entry.get("stem"), str):
+            stem = entry["stem"]
+        else:
+            base = os.path.splitext(os.path.basename(name))[0] or f"{int(key):06d}"
+            stem, k = base, 1
+            while stem in self._used:
+                k += 1
+                stem = f"{base}_{k}"
+            self._used.add(stem)
+        targets = [os.path.join(self.out_dir, f"{stem}.png"), os.path.join(self.out_dir, f"{stem}_panel.png")]
+        record = None if self.manifest is None else functools.partial(self.manifest.add, key, targets,
+                                                                      stem=stem, name=name)
+        try:
+            with atomic_group(targets, record) as temps:
+                label.save(temps[0], format="PNG")
+                picture.save(temps[1], format="PNG")
+        except OSError as e:  # a full disk, a vanished or read-only directory
+            again = "" if self.manifest is None else "; free space and run the same command again to continue" \
+                if is_full_disk(e) else "; run the same command again to continue"
+            raise WriteError(f"--save-predictions {self.out_dir}: {error_text(e)}; {self.saved} of {self.limit} "
+                             f"predictions are complete there{again}") from e
 
 
 class Evaluator:
@@ -240,9 +289,19 @@ def _print_tables(result: EvalResult, outputs: Sequence[Any], model: ModelInfo, 
 
 def evaluate_checkpoint(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``eval.py``: evaluates a checkpoint on a dataset split, prints (``log``) the table, writes and returns
-    the JSON record. Raises :class:`EvalError` (one line naming the flag) for anything the user can fix."""
+    the JSON record. Raises :class:`EvalError` (one line naming the flag) for anything the user can fix,
+    :class:`~fcn_jax.io.WriteError` (one line) for results that cannot be written (a full disk), and
+    :class:`EvalInterrupted` for SIGINT / SIGTERM once predictions may have been written.
+
+    ``--save-predictions`` files are checked against the settings recorded there before anything runs:
+    the same settings continue (images recorded as complete are skipped), others are refused unless
+    ``config.overwrite``."""
     from fcn_jax import data
     from fcn_jax.loading import load
+    if config.void_value is not None and not 0 <= config.void_value <= 255:
+        raise EvalError(f"--void-value must be in 0..255 (masks are 8-bit), got {config.void_value}")
+    if config.num_pictures < 1:
+        raise EvalError(f"--num-pictures must be at least 1, got {config.num_pictures}")
     try:
         variables, model = load(config.ckpt, step=config.step, dtype=config.dtype)
     except ValueError as e:
@@ -301,38 +360,87 @@ def evaluate_checkpoint(config: EvalConfig, log: Callable[[str], None] = print) 
         raise EvalError(str(e)) from e
     json_path = config.json_path or default_json_path(config.ckpt, dataset, split, model.step, config.flip,
                                                       config.scales)
-    pictures = None
-    if config.save_predictions:
-        try:
-            pictures = Pictures(config.num_pictures, model.class_names, convention, model.colours, inputs,
-                                out_dir=config.save_predictions)
-        except OSError as e:
-            raise EvalError(f"--save-predictions {config.save_predictions}: {e}") from e
-
     bucket = config.bucket_multiple
     if bucket is None:  # the run's own validation setting when it recorded one, else exact size
         recorded = model.training_config.get("eval_bucket_multiple")
         bucket = recorded if isinstance(recorded, int) and dataset == recorded_dataset(model) else EXACT
     bucket = None if bucket == EXACT else bucket
-    evaluator = Evaluator(model.config.build(), source, mesh=mesh, batch_size=batch_size, convention=convention,
-                          bucket_multiple=bucket, inputs=inputs, flip=config.flip, scales=config.scales)
-    if bucket is None and jax.process_index() == 0:
-        sizes = evaluator.sizes()
-        distinct = len({tuple(s) for s in sizes.tolist()})
-        log(f"exact-size evaluation: {len(sizes)} images in {distinct} distinct sizes (one compiled program each)")
-    if jax.process_index() == 0 and (convention != model.preprocessing or inputs != "image"):
-        log(f"input: {inputs}, preprocessing {convention} ({convention_from})")
-    result = evaluator(variables, pictures=pictures, progress=config.progress,
-                       total=ds.splits[split] if jax.process_count() == 1 else None)
-    record = _record(config, model, dataset, split, result, outputs, convention=convention, inputs=inputs,
-                     devices=int(mesh.devices.size), batch_size=batch_size, bucket=bucket)
-    if jax.process_index() == 0:
-        _print_tables(result, outputs, model, dataset, split, log)
+    pictures = None
+    if config.save_predictions:
+        settings = {"ckpt": os.path.realpath(config.ckpt), "step": model.step, "dataset": dataset, "split": split,
+                    **options, "dtype": model.config.dtype, "preprocessing": convention, "inputs": inputs,
+                    "bucket_multiple": bucket, "flip": config.flip, "scales": list(config.scales)}
+        manifest = check_predictions_dir(config.save_predictions, settings, config.overwrite)
+        lead = jax.process_index() == 0  # the one process that keeps the record
         try:
-            write_json(json_path, record)
+            pictures = Pictures(min(config.num_pictures, len(source)), model.class_names, convention,
+                                model.colours, inputs, out_dir=config.save_predictions,
+                                manifest=manifest if lead else None)
         except OSError as e:
-            raise EvalError(f"--json {json_path}: {e}") from e
-        log(f"results written to {json_path}")
-    return record
+            raise EvalError(f"--save-predictions {config.save_predictions}: {e}") from e
+        if lead and (config.overwrite or not manifest.exists):
+            try:
+                manifest.begin(settings)
+            except OSError as e:
+                raise WriteError(f"--save-predictions {config.save_predictions}: {error_text(e)}; no "
+                                 f"predictions were written") from e
+    json_written = False
+    try:
+        evaluator = Evaluator(model.config.build(), source, mesh=mesh, batch_size=batch_size, convention=convention,
+                              bucket_multiple=bucket, inputs=inputs, flip=config.flip, scales=config.scales)
+        if bucket is None and jax.process_index() == 0:
+            sizes = evaluator.sizes()
+            distinct = len({tuple(s) for s in sizes.tolist()})
+            log(f"exact-size evaluation: {len(sizes)} images in {distinct} distinct sizes (one compiled program "
+                f"each)")
+        if jax.process_index() == 0 and (convention != model.preprocessing or inputs != "image"):
+            log(f"input: {inputs}, preprocessing {convention} ({convention_from})")
+        result = evaluator(variables, pictures=pictures, progress=config.progress,
+                           total=ds.splits[split] if jax.process_count() == 1 else None)
+        record = _record(config, model, dataset, split, result, outputs, convention=convention, inputs=inputs,
+                         devices=int(mesh.devices.size), batch_size=batch_size, bucket=bucket)
+        if jax.process_index() == 0:
+            _print_tables(result, outputs, model, dataset, split, log)
+            if pictures is not None:
+                skipped = f" ({pictures.skipped} complete already, skipped)" if pictures.skipped else ""
+                log(f"predictions written to {config.save_predictions}: {pictures.saved} images{skipped}")
+            try:
+                write_json(json_path, record)
+            except OSError as e:
+                saved = "" if pictures is None else \
+                    f"; the {pictures.saved} predictions in {config.save_predictions} are complete"
+                raise WriteError(f"--json {json_path}: {error_text(e)}{saved}") from e
+            json_written = True
+            log(f"results written to {json_path}")
+        return record
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else int(signal.SIGINT)
+        written = f"results written to {json_path}" if json_written else "no results file was written"
+        if pictures is not None:
+            written = (f"{pictures.saved} of {pictures.limit} predictions are complete in {config.save_predictions}, "
+                       f"{written}" + ("" if json_written else "; run the same command again to continue"))
+        raise EvalInterrupted(signum, written) from None
 
 
+def check_predictions_dir(out_dir: str, settings: Mapping[str, Any], overwrite: bool) -> Manifest:
+    """The manifest of ``--save-predictions`` ``out_dir`` (read, not yet written); raises :class:`EvalError`
+    when the directory holds predictions made with other ``settings``, or label PNGs without a record of
+    the run that made them, unless ``overwrite``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise EvalError(f"--save-predictions {out_dir}: exists and is not a directory")
+    manifest = Manifest(out_dir, PREDICTIONS_MANIFEST)
+    if overwrite or not os.path.isdir(out_dir):
+        return manifest
+    if manifest.exists:
+        differences = manifest.differences(settings)
+        if differences:
+            raise EvalError(f"--save-predictions {out_dir} holds predictions made with other settings "
+                            f"({'; '.join(differences)}); pass --overwrite to replace them, or choose another "
+                            f"directory")
+        return manifest
+    existing = sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))
+    if existing:
+        raise EvalError(f"--save-predictions {out_dir} already holds {len(existing)} PNG files (e.g. {existing[0]}) "
+                        f"but no record of the run that made them; pass --overwrite to replace them, or choose "
+                        f"another directory")
+    return manifest

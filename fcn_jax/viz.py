@@ -17,10 +17,13 @@ import importlib.util
 import json
 import math
 import os
+from io import BytesIO
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from fcn_jax.io import write_bytes
 
 BACKGROUND_NAMES = ("background", "bg", "_background_")  # class 0 under one of these names is background
 AUTO: Literal["auto"] = "auto"
@@ -536,6 +539,7 @@ def plot_learning_curves(metrics_jsonl_path: str, out_png: str, title: str | Non
                           ncol=2 if len(spec["keys"]) > 12 else 1)
             else:
                 ax.legend(fontsize="small")
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    buffer = BytesIO()  # drawn in memory, then written whole (fcn_jax.io): never a truncated picture
+    fig.savefig(buffer, dpi=100, format=os.path.splitext(out_png)[1][1:].lower() or "png")
+    write_bytes(out_png, buffer.getvalue())
     return out_png

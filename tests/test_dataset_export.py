@@ -153,7 +153,58 @@ def test_out_dir_rules(data_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_folder(DATASET, str(empty), data_dir=data_dir, overwrite=True, progress=False)
     assert len(os.listdir(empty / "images" / "train")) == 1  # the earlier export is intact
-    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]  # nothing half-written left
+    # the unfinished exports keep their complete examples (2: the third was cut off), nothing half-written
+    assert sorted(os.listdir(tmp_path)) == ["cut.partial", "empty", "empty.partial", "out"]
+    train = load_split(DATASET, "train", data_dir=data_dir)
+    first = sorted(train[i]["file_name"].decode() for i in range(2))
+    for partial in ("cut.partial", "empty.partial"):
+        files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / partial)
+                       for d, _, names in os.walk(tmp_path / partial) for f in names)
+        assert files == [".fcn-export.jsonl", "classes.txt"] + [
+            f"{kind}/train/{stem}.png" for kind in ("images", "masks") for stem in first]
+
+
+def test_interrupted_export_keeps_complete_examples_and_continues(data_dir, examples, tmp_path, monkeypatch,
+                                                                  capsys):
+    """SIGTERM half way through the third mask: the two complete examples stay in OUT_DIR.partial, the
+    message counts them, and the same command continues without rewriting them, ending pixel exact."""
+    import signal
+    out = tmp_path / "folder"
+    argv = ["export", DATASET, str(out), "--data-dir", data_dir, "--limit", "3", "--no-progress"]
+    save, masks = Image.Image.save, []
+
+    def cut(self, fp, format=None, **params):
+        if isinstance(fp, str) and os.sep + "masks" + os.sep in fp:
+            masks.append(fp)
+            if len(masks) == 3:
+                with open(fp, "wb") as f:
+                    f.write(b"\x89PNG half")
+                signal.raise_signal(signal.SIGTERM)
+        return save(self, fp, format=format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", cut)
+    assert main(argv) == 143
+    partial = tmp_path / "folder.partial"
+    assert capsys.readouterr().err.splitlines() == [
+        f"{PREFIX}interrupted by SIGTERM; 2 of 6 examples are complete in {partial}; run the same command again to "
+        f"continue"]
+    assert sorted(os.listdir(tmp_path)) == ["folder.partial"]
+    for kind in ("images", "masks"):
+        assert len(os.listdir(partial / kind / "train")) == 2  # no third file, whole or partial
+    kept = {f: os.stat(os.path.join(d, f)).st_mtime_ns for d, _, names in os.walk(partial / "masks") for f in names}
+    monkeypatch.undo()
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"continuing the unfinished export in {partial}: 2 of 6 examples are complete already (skipped)"
+    assert sorted(os.listdir(tmp_path)) == ["folder"] and sorted(os.listdir(out)) == ["classes.txt", "images", "masks"]
+    for folder in SPLITS:
+        stems = [n[:-4] for n in os.listdir(out / "images" / folder)]
+        assert len(stems) == 3
+        check_masks(str(out), examples, folder, stems)
+        for stem in stems:
+            np.testing.assert_array_equal(read_png(out / "images" / folder / f"{stem}.png")[1],
+                                          examples[folder][stem]["image"])
+    assert all(os.stat(out / "masks" / "train" / f).st_mtime_ns == t for f, t in kept.items())  # not rewritten
 
 
 def test_python_m_fcn_jax_dataset_export(data_dir, examples, tmp_path):

@@ -118,6 +118,8 @@ def test_eval_user_errors_are_one_line(trained, tmp_path, capsys):
         (base + ["--split", "nope"], "--split nope:"),
         (base + ["--step", "99"], f"--ckpt {ckpt}: no step 99"),
         (base + ["--batch-size", "0"], "--batch-size must be at least 1"),
+        (base + ["--void-value", "300"], "--void-value must be in 0..255 (masks are 8-bit), got 300"),
+        (base + ["--void-value", "-1"], "--void-value must be in 0..255"),
         (["--ckpt", str(tmp_path / "missing")], "no such file or directory"),
         (["--ckpt", bare, "--data-dir", data_dir], "--dataset is required"),
     ]
@@ -171,4 +173,8 @@ def test_eval_py_end_to_end(trained, eval_py_run, early_runs):
     assert record["tta"] == {"flip": False, "scales": [1.0]} and record["batch_size"] == 2
     assert "mean IU" in stdout and all(name in stdout for name in SHAPES_CLASSES)
     files = sorted(os.listdir(pictures))
-    assert len(files) == 6 and sum(f.endswith("_panel.png") for f in files) == 3
+    assert files[0] == ".fcn-eval.jsonl" and len(files) == 7 and sum(f.endswith("_panel.png") for f in files) == 3
+    lines = [json.loads(line) for line in (pictures / ".fcn-eval.jsonl").read_text().splitlines()]
+    assert lines[0]["settings"]["ckpt"] == os.path.realpath(ckpt) and len(lines) == 4  # the settings, 3 images
+    assert sorted(f for line in lines[1:] for f in line["files"]) == files[1:]
+    assert f"predictions written to {pictures}: 3 images" in stdout

@@ -1,5 +1,6 @@
 """fcn_jax.io: a file written there is complete or absent; a failure leaves no temporary file and an earlier
 file unchanged."""
+import errno
 import json
 import os
 
@@ -102,3 +103,106 @@ def test_writes_through_a_symlink(tmp_path):
     (tmp_path / "link.json").symlink_to(real)
     io.write_json(tmp_path / "link.json", [1])
     assert (tmp_path / "link.json").is_symlink() and json.loads(real.read_text()) == [1]
+
+
+def test_atomic_group_is_all_or_nothing(tmp_path, monkeypatch):
+    """A group's files appear together: a failure while writing leaves the targets as they were; a failure
+    once renaming has begun (or in the record that follows) removes the whole group, old files included."""
+    paths = [tmp_path / "a.png", tmp_path / "sub" / "a_overlay.png"]
+    paths[0].write_bytes(b"old a")
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_group(paths) as temps:
+            for tmp in temps:
+                with open(tmp, "wb") as f:
+                    f.write(b"new")
+            raise KeyboardInterrupt
+    assert paths[0].read_bytes() == b"old a" and os.listdir(tmp_path / "sub") == []
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "sub"]
+
+    recorded = []
+    with io.atomic_group(paths, record=lambda: recorded.append([p.read_bytes() for p in paths])) as temps:
+        for tmp, data in zip(temps, (b"A", b"B")):
+            with open(tmp, "wb") as f:
+                f.write(data)
+    assert recorded == [[b"A", b"B"]]  # called once every file is in place
+
+    replace, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError):
+        with io.atomic_group(paths) as temps:
+            for tmp in temps:
+                with open(tmp, "wb") as f:
+                    f.write(b"newer")
+    monkeypatch.undo()
+    assert not paths[0].exists() and not paths[1].exists()  # never half new, half old
+    assert os.listdir(tmp_path) == ["sub"] and os.listdir(tmp_path / "sub") == []
+
+    def no_record():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_group(paths, record=no_record) as temps:
+            for tmp in temps:
+                open(tmp, "wb").close()
+    assert os.listdir(tmp_path) == ["sub"] and os.listdir(tmp_path / "sub") == []
+
+
+def test_append_json_line_undoes_a_failed_write_and_cuts_a_torn_line(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    io.append_json_line(path, {"a": 1})
+    pwrite = os.pwrite
+
+    def half(fd, data, offset):
+        pwrite(fd, data[: len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", half)
+    with pytest.raises(OSError):
+        io.append_json_line(path, {"b": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == b'{"a": 1}\n'
+    with open(path, "ab") as f:
+        f.write(b'{"killed": ')  # a process killed half way through a line
+    assert io.read_json_lines(path) == [{"a": 1}]
+    io.append_json_line(path, {"c": 3})
+    assert path.read_bytes() == b'{"a": 1}\n{"c": 3}\n'
+    assert io.read_json_lines(path) == [{"a": 1}, {"c": 3}]
+
+
+def test_manifest_records_complete_groups(tmp_path):
+    out = tmp_path / "out"
+    manifest = io.Manifest(out, ".record.jsonl")
+    assert not manifest.exists and manifest.differences({"x": 1}) == [] and not out.exists()  # nothing written
+    out.mkdir()
+    manifest.begin({"ckpt": "/m", "scales": (0.5, 1.0)})
+    (out / "sub").mkdir()
+    for name, data in (("a.png", b"12345"), ("sub/a.npy", b"123")):
+        (out / name).write_bytes(data)
+    manifest.add("/in/a.png", [out / "a.png", out / "sub" / "a.npy"], stem="a")
+    again = io.Manifest(out, ".record.jsonl")
+    assert again.settings == {"ckpt": "/m", "scales": [0.5, 1.0]}
+    assert again.differences({"ckpt": "/m", "scales": [0.5, 1.0]}) == []
+    assert again.differences({"ckpt": "/n", "scales": (0.5, 1.0)}) == ['ckpt: "/m" -> "/n"']
+    assert again.complete("/in/a.png") == {"stem": "a", "key": "/in/a.png", "files": {"a.png": 5, "sub/a.npy": 3}}
+    assert again.complete("/in/b.png") is None
+    (out / "sub" / "a.npy").write_bytes(b"1")  # changed since: not complete
+    assert again.complete("/in/a.png") is None
+    os.remove(out / "a.png")
+    assert again.complete("/in/a.png") is None
+    again.remove()
+    assert sorted(os.listdir(out)) == ["sub"] and not io.Manifest(out, ".record.jsonl").exists
+
+
+def test_is_full_disk():
+    assert io.is_full_disk(OSError(errno.ENOSPC, "No space left on device"))
+    assert io.is_full_disk(OSError(errno.EFBIG, "File too large"))  # RLIMIT_FSIZE
+    assert io.is_full_disk(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not io.is_full_disk(PermissionError(errno.EACCES, "Permission denied")) and not io.is_full_disk(ValueError())
+    assert io.error_text(OSError(errno.ENOSPC, "No space left on device", "/x/y.png")) == "No space left on device"

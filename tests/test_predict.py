@@ -146,17 +146,35 @@ def test_predict_cli_odd_images_and_a_corrupt_file(started, early_runs):
 
 def test_predict_usage_errors(model_dir, tmp_path, capsys):
     from fcn_jax.cli.predict import main
-    assert main(["--ckpt", str(tmp_path / "nothing"), "x.png", "--out", str(tmp_path)]) == 2
-    assert main(["--ckpt", model_dir, "x.png", "--out", str(tmp_path), "--alpha", "2"]) == 2
+    image = tmp_path / "in" / "x.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((9, 7, 3), 200, np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(tmp_path / "nothing"), str(image), "--out", str(out)]) == 2
+    assert main(["--ckpt", model_dir, str(image), "--out", str(out), "--alpha", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"predict.py: error: --ckpt {tmp_path / 'nothing'}: no such file or directory",
                    "predict.py: error: --alpha must lie in [0, 1], got 2.0"]
+    empty = tmp_path / "empty"
+    empty.mkdir()  # nothing to segment: a usage error before anything is created (it was exit 1, an empty --out)
+    for inputs in ([str(empty)], [str(empty), str(tmp_path / "missing.png")]):
+        assert main(["--ckpt", model_dir, *inputs, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"predict.py: error: {empty}: directory holds no image files; no image to segment"]
+    (out / "x.png").parent.mkdir()
+    (out / "x.png").write_bytes(b"")  # --out a file
+    assert main(["--ckpt", model_dir, str(image), "--out", str(out / "x.png")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"predict.py: error: --out {out / 'x.png'}: exists and is not a directory"]
+    assert sorted(os.listdir(tmp_path)) == ["empty", "in", "out"]
+    assert os.listdir(out) == ["x.png"]
 
 
 def test_predict_never_overwrites_inputs_or_results(model_dir, tmp_path, capsys):
     """--out equal to an input directory (or an input file's directory) is refused before anything is
     written, so a label map can never replace the input photo nor be read as an input by the next run;
-    a second run into the same --out replaces results only with --overwrite."""
+    a second run into the same --out continues the first (here: nothing left to do), and replaces results of
+    other settings, or of a run that kept no record, only with --overwrite."""
     from fcn_jax.cli.predict import main
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -170,11 +188,26 @@ def test_predict_never_overwrites_inputs_or_results(model_dir, tmp_path, capsys)
     out = tmp_path / "out"
     assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 0
     written = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
-    assert sorted(written) == ["cat.png", "cat_overlay.png"]
-    assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 2
-    assert "already holds 2 result files (e.g. cat.png); pass --overwrite" in capsys.readouterr().err
+    assert sorted(written) == [".fcn-predict.jsonl", "cat.png", "cat_overlay.png"]
+    capsys.readouterr()
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 0  # the same run again: nothing to do
+    assert capsys.readouterr().out.splitlines() == [
+        f"{out}: every image's results are complete already (1 of 1); nothing to do"]
     assert {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)} == written
-    assert main(["--ckpt", model_dir, str(photos), "--out", str(out), "--overwrite"]) == 0
+    for flags, named in ((["--alpha", "0.3"], "alpha: 0.5 -> 0.3"),
+                         (["--probs"], 'probs: false -> true; probs_dtype: null -> "float16"'),
+                         (["--flip"], "flip: false -> true")):
+        assert main(["--ckpt", model_dir, str(photos), "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {out} holds results made with other settings ({named}); pass " \
+            "--overwrite" in err[0], err
+    assert {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)} == written
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out), "--alpha", "0.3", "--overwrite"]) == 0
+    assert all((out / name).stat().st_mtime_ns > written[name] for name in written)
+    os.remove(out / ".fcn-predict.jsonl")  # results of a version that kept no record: replaced only with --overwrite
+    assert main(["--ckpt", model_dir, str(photos), "--out", str(out)]) == 2
+    assert "already holds 2 result files (e.g. cat.png) but no record of the run that made them; pass " \
+        "--overwrite" in capsys.readouterr().err
 
 
 def test_second_run_compiles_nothing(model_dir, started, early_runs):

@@ -239,6 +239,6 @@ def test_out_of_memory_on_one_image_fails_that_image_only(model_dir, tmp_path, c
         "allocate 12884901888 bytes.; set --max-side below 120 to tile this image",
         f"predict.py: error: {inputs / 'c_tiled.png'}: out of host memory (Unable to allocate 12.0 GiB for "
         "an array with shape (4, 4) and data type float32); try a smaller --tile"]
-    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+    assert sorted(os.listdir(tmp_path / "out")) == [".fcn-predict.jsonl"] + sorted(
         f"{stem}{suffix}" for stem in ("b_fine", "d_fine") for suffix in (".png", "_overlay.png", "_probs.npy"))
     assert len(captured.out.splitlines()) == 2

@@ -3,7 +3,10 @@ command line of :func:`fcn_jax.evaluator.evaluate_checkpoint`).
 
 The variant, classes and preprocessing come from the checkpoint; the dataset defaults to the one the
 run trained on, the split to its evaluation split. Prints the score table and writes a JSON record;
-``--save-predictions`` writes label PNGs and image | truth | prediction panels.
+``--save-predictions`` writes label PNGs and image | truth | prediction panels, each image's pair whole and
+recorded in ``.fcn-eval.jsonl`` there: interrupted (Ctrl-C, SIGTERM), a run says how many are complete, and
+the same command run again skips them; predictions of other settings are replaced only with
+``--overwrite``. A file that cannot be written (a full disk) stops the run with one line and exit code 1.
 
 Multi-modal and multi-task variants: the network input is composed from the example fields the run
 trained on (``--inputs``; default: the run's, else the variant's: colour + log depth for
@@ -16,12 +19,14 @@ that records no preprocessing (a .caffemodel) is evaluated with the dataset's re
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
 from fcn_jax import platform
-from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, user_errors
-from fcn_jax.evaluator import EXACT, EvalConfig, evaluate_checkpoint
+from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, fail, interrupted_code, user_errors
+from fcn_jax.evaluator import EXACT, EvalConfig, EvalInterrupted, evaluate_checkpoint
+from fcn_jax.io import WriteError
 from fcn_jax.preprocess import CONVENTIONS, INPUTS
 
 
@@ -50,7 +55,7 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
                         "here, else the data package's)")
     parser.add_argument("--manual-dir", help="directory with manually downloaded archives")
     parser.add_argument("--void-value", type=int, metavar="V", help="folder: datasets: mask value of ignored "
-                        "pixels (default: the training run's on its own dataset, else 255)")
+                        "pixels, 0..255 (default: the training run's on its own dataset, else 255)")
     parser.add_argument("--binary-masks", action=argparse.BooleanOptionalAction, default=None,
                         help="folder: datasets: masks are 0 = background, anything else = class 1 (default: "
                         "the training run's setting on its own dataset)")
@@ -68,6 +73,8 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
     parser.add_argument("--save-predictions", metavar="DIR", help="save label PNGs and panels here")
     parser.add_argument("--num-pictures", type=int, default=20, metavar="N",
                         help="with --save-predictions: how many images (default: 20)")
+    parser.add_argument("--overwrite", action="store_true", help="with --save-predictions: replace predictions "
+                        "made there with other settings; without it a run continues an interrupted one")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="results file (default: "
                         "CKPT/eval_<dataset>_<split>_step<N>[_flip][_scales...].json, or next to a weights file "
                         "<weights stem>_eval_<dataset>_<split>[_flip][_scales...].json)")
@@ -77,16 +84,28 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
 
 @user_errors("eval.py", interrupted="no results were written")
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python eval.py ...``; returns the exit code (0, or 2 for a user error)."""
-    args = build_parser().parse_args(argv)
+    """``python eval.py ...``; returns the exit code (0, 1 results not written, 2 user error, 130 / 143
+    interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for flag, value in (("--batch-size", args.batch_size), ("--num-pictures", args.num_pictures)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.void_value is not None and not 0 <= args.void_value <= 255:
+        raise UsageError(f"--void-value must be in 0..255 (masks are 8-bit), got {args.void_value}")
     platform.setup(verbose=args.verbose)
     if not args.progress:
         from fcn_jax import data
         data.disable_progress_bars()
-    evaluate_checkpoint(EvalConfig(**{k: v for k, v in vars(args).items() if k != "verbose"}))
+    try:
+        evaluate_checkpoint(EvalConfig(**{k: v for k, v in vars(args).items() if k != "verbose"}))
+    except EvalInterrupted as e:
+        sys.stdout.flush()
+        return fail(parser.prog, f"interrupted by {signal.Signals(e.signum).name}; {e.message}",
+                    code=interrupted_code(e.signum))
+    except WriteError as e:
+        sys.stdout.flush()
+        return fail(parser.prog, str(e), code=1)
     return 0
 
 
