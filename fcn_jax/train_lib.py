@@ -453,14 +453,44 @@ def check_resume(cfg: TrainConfig, saved: dict[str, Any], workdir: str, log: Cal
             + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in others))
 
 
-def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The summary of a run that already reached ``cfg.steps``: its last validation scores, from its log."""
+def _missing_validation(records: list[dict[str, Any]], key: str, step: int,
+                        best: dict[str, float] | None) -> str | None:
+    """Why the validation of ``step`` did not complete (its record absent from metrics.jsonl, or ``best/``
+    not updated with a better score), or None if it did. ``records``: the validation records, ``key``: the
+    main score's name in them (``val/mean_iu``), ``best``: the metrics saved with ``best/`` (None: none)."""
+    final = [r for r in records if r["step"] == step]
+    if not final:
+        return "metrics.jsonl has no record of it"
+    if best is None or (math.isfinite(final[-1][key]) and best["mean_iu"] < final[-1][key]):
+        return "best/ was not updated with it"
+    return None
+
+
+def _finished(cfg: TrainConfig, workdir: str, step: int, log: RunLog, *, model: nn.Module, mesh: Mesh,
+              state: TrainState, ds_meta: Any, eval_source: Any, checkpoints: ckpt_lib.TrainCheckpointer,
+              progress: bool, lead: bool) -> dict[str, Any]:
+    """The summary of a run that already reached ``cfg.steps`` (its state restored at ``step``): its last
+    validation scores, from its log; closes ``checkpoints``.
+
+    A run whose validation at ``step`` never completed (a file that failed to read, a crash) runs it now,
+    with the pieces it needs (the model, mesh, restored state, dataset meta and validation source), as a
+    resumed run would: the run's records (:func:`_write_run`), metrics.jsonl, TensorBoard, ``best/`` and the
+    learning curves; the summary is then that validation's, without ``finished_before``.
+    """
     from fcn_jax.summary import read_metrics
     path = os.path.join(workdir, "metrics.jsonl")
     scored = evaluated(batch_spec(cfg)[1])
     first = scored[0].name if len(scored) > 1 else ""  # several scored outputs log 'val/<name>/mean_iu' each
     prefix = f"val/{first}/" if first else "val/"
     records = [r for r in read_metrics(path) if f"{prefix}mean_iu" in r] if os.path.exists(path) else []
+    try:
+        missing = _missing_validation(records, f"{prefix}mean_iu", step, checkpoints.best_metrics())
+        if missing is not None:
+            return _final_validation(cfg, workdir, step, log, missing, model=model, mesh=mesh, state=state,
+                                     ds_meta=ds_meta, eval_source=eval_source, checkpoints=checkpoints,
+                                     progress=progress, lead=lead)
+    finally:
+        checkpoints.close()
     scores = {k[len("val/"):]: v for k, v in records[-1].items() if k.startswith("val/")} if records else {}
     if records and first:  # the first head's scores under the plain names too, as a validation returns them
         scores.update({k[len(prefix):]: v for k, v in records[-1].items() if k.startswith(prefix)})
@@ -469,6 +499,28 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: Callable[[str], No
     log(f"{workdir} is already trained to step {step} (--steps {cfg.steps}){last}; raise --steps to train longer")
     return {"step": step, "scores": scores, "interrupted": False, "signal": None, "workdir": workdir,
             "finished_before": True}
+
+
+def _final_validation(cfg: TrainConfig, workdir: str, step: int, log: RunLog, missing: str, *, model: nn.Module,
+                      mesh: Mesh, state: TrainState, ds_meta: Any, eval_source: Any,
+                      checkpoints: ckpt_lib.TrainCheckpointer, progress: bool, lead: bool) -> dict[str, Any]:
+    """Runs the validation of ``step`` that a finished run lacks (``missing``: why it counts as missing)."""
+    from fcn_jax.summary import SummaryWriter
+    from fcn_jax.viz import plot_learning_curves
+    log(f"{workdir} is trained to step {step} but its validation at step {step} did not complete ({missing}): "
+        "validating now")
+    if lead:
+        _write_run(cfg, workdir, log, step)
+    writer = SummaryWriter(workdir, enabled=lead)
+    try:
+        validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints,
+                              _checkpoint_meta(cfg, ds_meta, state), writer, progress, lead, log)
+        scores = validate(step, state)
+    finally:
+        writer.close()
+    if lead and os.path.exists(writer.path):
+        plot_learning_curves(writer.path, os.path.join(workdir, "learning_curves.png"))
+    return {"step": step, "scores": scores, "interrupted": False, "signal": None, "workdir": workdir}
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -637,13 +689,39 @@ def _restore_or_init(cfg: TrainConfig, model: nn.Module, workdir: str, mesh: Mes
     return state, data_state, int(saved_meta.step)
 
 
-def _write_run(cfg: TrainConfig, workdir: str, log: RunLog) -> None:
-    """The run's records in ``workdir``: config.json, train.log from now on, dataset.json."""
-    from fcn_jax import data as data_lib
+def _checkpoint_meta(cfg: TrainConfig, ds_meta: Any, state: TrainState) -> ckpt_lib.CheckpointMeta:
+    """What every checkpoint and ``best/`` of this run records: the model, the dataset's classes and colours,
+    the preprocessing, the training config and the state's variable collections."""
+    return ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg),
+                               colours=ds_meta.colours or None, collections=tuple(sorted(state.variables)))
+
+
+def _write_run(cfg: TrainConfig, workdir: str, log: RunLog, start: int) -> None:
+    """The run's records in ``workdir``: config.json, train.log from now on, and this run (from step
+    ``start``) added to dataset.json (:func:`fcn_jax.data.record.record_run`)."""
     write_config(cfg, workdir)
     log.open(workdir)
-    write_json(os.path.join(workdir, "dataset.json"), data_lib.dataset_summary(cfg.dataset, cfg.data_dir,
-                                                                               **dataset_options(cfg)))
+    from fcn_jax.data.record import record_run
+    record_run(workdir, cfg.dataset, cfg.data_dir, start, log, **dataset_options(cfg))
+
+
+def _restore_data_position(cfg: TrainConfig, train_iter: Any, data_state: dict[str, Any], num_examples: int,
+                           log: Callable[[str], None]) -> None:
+    """Continues ``train_iter`` where the checkpoint's ``data_state`` left it.
+
+    A folder dataset whose training split has another size than when the checkpoint was saved (files added
+    or removed: :func:`fcn_jax.data.record.record_run` reported how) continues at the same position over the split as it is
+    now, with a warning: no order over the changed split can reproduce the uninterrupted run's batches. Any
+    other mismatch (seed, batch size, sampling; another dataset) the iterator refuses.
+    """
+    from fcn_jax.data import is_folder
+    saved = data_state.get("num_examples")
+    if saved is not None and int(saved) != num_examples and is_folder(cfg.dataset):
+        log(f"warning: the training split of {cfg.dataset} has {num_examples} examples, {saved} when the checkpoint "
+            "was saved: training continues over the split as it is now (not the batches an uninterrupted run on "
+            "the old folder would have drawn)")
+        data_state = dict(data_state, num_examples=num_examples)
+    train_iter.set_state(data_state)
 
 
 class _Validator:
@@ -776,16 +854,15 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                  cfg.model, cfg.trainable, cfg.frozen)
     checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
     state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
-    if start >= cfg.steps:
-        checkpoints.close()
-        return _finished(cfg, workdir, start, log)
+    if start >= cfg.steps:  # closes the checkpoints; runs the final validation if it never completed
+        return _finished(cfg, workdir, start, log, model=model, mesh=mesh, state=state, ds_meta=ds_meta,
+                         eval_source=eval_source, checkpoints=checkpoints, progress=progress, lead=lead)
     if start:
         log(f"resuming from step {start} in {workdir}")
     log(format_config(cfg, "effective config"))
     if lead:
-        _write_run(cfg, workdir, log)
-    meta = ckpt_lib.model_meta(cfg.model, ds_meta.class_names, cfg.preprocessing, config=to_dict(cfg),
-                               colours=ds_meta.colours or None, collections=tuple(sorted(state.variables)))
+        _write_run(cfg, workdir, log, start)
+    meta = _checkpoint_meta(cfg, ds_meta, state)
     step_fn = make_train_step(cfg, mesh, state.params)
     writer = SummaryWriter(workdir, enabled=lead)
     validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints, meta, writer,
@@ -799,7 +876,7 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
     try:
         if data_state is not None:
-            train_iter.set_state(data_state)
+            _restore_data_position(cfg, train_iter, data_state, len(train_source), log)
         with _StopRequest() as stop:
             for step in range(start + 1, cfg.steps + 1):
                 state, metrics = step_fn(state, next(train_iter))

@@ -37,6 +37,20 @@ def session_compilation_cache(tmp_path_factory):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_user_cache(tmp_path_factory):
+    """fcn_jax's user cache (the folder datasets' decode records) in the session's temporary directory, for
+    the tests and the tools they start: no test reads or writes ``~/.cache``."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    path = str(tmp_path_factory.mktemp("user_cache"))
+    os.environ["XDG_CACHE_HOME"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 class EarlyRuns:
     """Subprocesses started before the test that checks them (see the module docstring). A module's
     autouse fixture starts them, for the tests that this session runs (:meth:`selected`); the test
@@ -88,7 +102,7 @@ def early_runs(request, tmp_path_factory):
 # The modules that take longest (``pytest --durations``) run first: with two workers (pyproject's addopts)
 # a long module left to the end would keep one worker busy while the other idles.
 LONGEST_FIRST = ("test_train_loop.py", "test_learning.py", "test_model_contract.py", "test_train_step.py", "test_fidelity.py",
-                 "test_tiling.py", "test_interrupts.py", "test_multimodal.py", "test_evaluate.py")
+                 "test_tiling.py", "test_bn_fcns.py", "test_interrupts.py", "test_multimodal.py", "test_evaluate.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -281,9 +281,9 @@ def test_binary_masks(tmp_path):
 
 
 def test_binary_reads_colour_and_palette_masks_by_colour(tmp_path):
-    labels = np.array([[0, 1, 2], [3, 0, 255]], np.uint8)
+    labels = np.array([[0, 2, 2], [2, 0, 0]], np.uint8)
     save_mask(tmp_path / "rgb.png", labels, "rgb")  # class 0 is black
-    np.testing.assert_array_equal(folder.read_mask(tmp_path / "rgb.png", binary=True), [[0, 1, 1], [1, 0, 1]])
+    np.testing.assert_array_equal(folder.read_mask(tmp_path / "rgb.png", binary=True), [[0, 1, 1], [1, 0, 0]])
     palette = Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), "P")
     palette.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 0] + [9] * 759)  # index 2 is black too
     palette.save(tmp_path / "p.png")
@@ -548,9 +548,81 @@ def test_scan_progress_bar(tmp_path, monkeypatch, capsys):
     write_flat(tmp_path, 4)
     monkeypatch.setattr(folder, "_PROGRESS_MIN_FILES", 2)
     folder.FolderDataset(tmp_path, progress=False)
-    assert "scanning" not in capsys.readouterr().err
+    assert "checking" not in capsys.readouterr().err
     folder.FolderDataset(tmp_path)
-    assert f"scanning {tmp_path / 'masks'}" in capsys.readouterr().err
+    assert f"checking {tmp_path}: " in capsys.readouterr().err
+
+
+def test_images_are_decoded_once_per_path_size_and_mtime(tmp_path, monkeypatch):
+    """The scan decodes every image in full (a truncated one passes a header read); a file decoded before
+    with the same size and mtime is not decoded again, whatever process asks (the record is on disk)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    pairs = write_flat(root, 6)
+    decoded = []
+    real = folder.load_image
+    monkeypatch.setattr(folder, "load_image", lambda path: decoded.append(os.path.basename(path)) or real(path))
+    folder.FolderDataset(root, progress=False)
+    assert sorted(decoded) == sorted(f"{s}.png" for s in pairs)
+    records = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "cache") for f in fs]
+    assert len(records) == 1 and records[0].startswith(str(tmp_path / "cache" / "fcn_jax" / "folders"))
+    assert sorted(os.listdir(root)) == ["images", "masks"]  # nothing written into the dataset
+    decoded.clear()
+    folder.FolderDataset(root, progress=False)
+    assert decoded == []
+    os.utime(root / "images" / "img_002.png", ns=(0, 10**18))  # touched: decoded again
+    folder.FolderDataset(root, progress=False)
+    assert decoded == ["img_002.png"]
+    decoded.clear()
+    path = root / "images" / "img_004.png"
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    one_line_error(lambda: folder.FolderDataset(root, progress=False), f"{path}: cannot read image (image file is "
+                   "truncated)")
+    path.write_bytes(content)  # repaired: only it is decoded (the others' checks were kept)
+    decoded.clear()
+    ds = folder.FolderDataset(root, progress=False)
+    assert decoded == ["img_004.png"]
+    assert_examples(ds.source("train"), pairs)
+    np.testing.assert_array_equal(ds.sizes["train"], [pairs[s][1].shape for s in ds.stems["train"]])
+
+
+def test_the_user_cache_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert folder.cache_dir() == str(tmp_path / "xdg" / "fcn_jax")
+    for unset in (None, "", "relative/path"):  # the XDG spec: a relative path is ignored
+        if unset is None:
+            monkeypatch.delenv("XDG_CACHE_HOME")
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", unset)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        assert folder.cache_dir() == str(tmp_path / "home" / ".cache" / "fcn_jax")
+    # an unwritable cache only costs the decoding again
+    (tmp_path / "ro").write_text("a file, not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    pairs = write_flat(tmp_path / "data", 3)
+    assert_examples(folder.FolderDataset(tmp_path / "data", progress=False).source("train"), pairs)
+
+
+def test_binary_masks_of_more_than_two_values_are_refused(tmp_path):
+    """--binary-masks on class masks would merge their classes: a binary mask holds 0 and one other value."""
+    labels = np.array([[0, 1, 2], [0, 1, 1]], np.uint8)
+    save_mask(tmp_path / "gray.png", labels, "gray")
+    one_line_error(lambda: folder.read_mask(tmp_path / "gray.png", binary=True),
+                   f"{tmp_path / 'gray.png'}: mask holds 3 values (0, 1, 2)", "--binary-masks")
+    save_mask(tmp_path / "rgb.png", labels, "rgb")  # colour and palette masks: by colour
+    one_line_error(lambda: folder.read_mask(tmp_path / "rgb.png", binary=True), str(tmp_path / "rgb.png"),
+                   f"mask holds 3 colours ({', '.join(map(str, sorted(COLOURS[:3])))})", "--binary-masks")
+    save_mask(tmp_path / "p.png", labels, "palette")  # listed in RGB order
+    colours = ", ".join(str(c) for c in sorted(tuple(PALETTE[3 * i: 3 * i + 3]) for i in range(3)))
+    one_line_error(lambda: folder.read_mask(tmp_path / "p.png", binary=True), f"mask holds 3 colours ({colours})")
+    for values in ([0, 255], [0, 1], [7, 7], [0, 0]):  # one non-zero value (or none): binary
+        mask = np.array([[values[0], values[1]], [values[1], values[0]]], np.uint8)
+        save_mask(tmp_path / "ok.png", mask, "gray")
+        np.testing.assert_array_equal(folder.read_mask(tmp_path / "ok.png", binary=True), mask != 0)
+    write_flat(tmp_path / "d", 4, num_classes=3, encoding="gray")
+    one_line_error(lambda: folder.FolderDataset(tmp_path / "d", binary=True, progress=False),
+                   "mask holds 4 values (0, 1, 2, 255)")  # 255 is not void in binary masks
 
 
 def test_tfds_summary_and_pixel_counts(tmp_path):

@@ -78,7 +78,9 @@ def test_training_on_a_folder_takes_its_classes_weights_and_colours(run):
     assert meta["class_names"] == [name for name, _ in classes]
     assert [tuple(c) for c in meta["colours"]] == [colour for _, colour in classes]
     with open(os.path.join(run["workdir"], "dataset.json")) as f:
-        summary = json.load(f)
+        runs = json.load(f)["runs"]
+    assert len(runs) == 1 and runs[0]["start_step"] == 0 and "changes" not in runs[0]
+    summary = runs[0]["dataset"]
     assert sorted(summary["stems"]["val"]) == sorted(os.path.splitext(n)[0] for n in
                                                      os.listdir(os.path.join(run["folder"], "images", "val")))
 
@@ -97,7 +99,7 @@ def test_eval_predict_and_score_use_the_folders_classes(run, capsys):
     with open(path) as f:
         record = json.load(f)
     assert record["num_images"] == 16 and list(record["per_class_iu"]) == [name for name, _ in classes]
-    label = Image.open(os.path.join(pictures, sorted(f for f in os.listdir(pictures) if "_panel" not in f)[0]))
+    label = Image.open(os.path.join(pictures, sorted(f for f in os.listdir(pictures) if f.endswith(".png") and "_panel" not in f)[0]))
     palette = np.asarray(label.getpalette()[:21]).reshape(7, 3)
     np.testing.assert_array_equal(palette, [colour for _, colour in classes])  # the folder's own colours
     # scoring eval's saved predictions against the folder's masks gives eval's numbers

@@ -202,7 +202,7 @@ def jax_leaves(tree):
 
 def test_resume_names_a_different_network_and_a_finished_run_says_so(finished_run):
     cfg, workdir, summary = finished_run
-    with pytest.raises(train_lib.TrainingError) as e:
+    with pytest.raises(train_lib.ConfigError) as e:
         train_lib.train_and_evaluate(get_config("shapes", "fcn16s", dataset="shapes/tiny", data_dir=cfg.data_dir,
                                                 model={"width": 1 / 8}, steps=4), workdir, progress=False)
     assert str(e.value) == (f"{workdir} holds a different network: variant 'fcn32s' there, 'fcn16s' requested; "

@@ -107,7 +107,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     fields["model.variant"] = args.variant
     dataset = fields.get("dataset")
     if isinstance(dataset, str) and dataset.startswith(FOLDER):  # recorded absolute: eval runs from anywhere
-        fields["dataset"] = dataset = FOLDER + os.path.abspath(dataset[len(FOLDER):])
+        from fcn_jax.data.folder import folder_root
+        try:
+            fields["dataset"] = dataset = FOLDER + folder_root(dataset)
+        except ValueError as e:
+            raise cli.UsageError(f"--dataset {dataset}: {e}") from None
     classes_from_data = dataset is not None and "model.num_classes" not in fields and "model" not in fields
     # the dataset defines the class count: class weights are checked against it, not against the preset's
     later = {"class_weights": fields.pop("class_weights")} if classes_from_data and "class_weights" in fields else {}

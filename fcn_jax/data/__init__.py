@@ -57,7 +57,7 @@ __all__ = [
     "CONTEXT59_CLASSES", "GEOMETRIC_CLASSES", "NYUD_CLASSES", "Nyud", "PascalContext", "SIFT_FLOW_CLASSES", "SiftFlow",
     "DataError", "DatasetMeta", "EVAL_SPLIT", "FolderDataset", "FolderSource", "SHAPES_CLASSES",
     "SegmentationBuilder", "Shapes", "ShapesConfig", "TRAIN_SPLIT", "VOC_CLASSES", "VOID", "VocSegmentation",
-    "VocSegmentationConfig", "class_pixel_counts", "dataset_meta", "dataset_summary", "folder_root",
+    "VocSegmentationConfig", "class_pixel_counts", "dataset_files", "dataset_meta", "dataset_summary", "folder_root",
     "get_builder", "is_folder", "load_folder", "load_split", "prepare", "read_mask",
 ]
 
@@ -224,13 +224,23 @@ def dataset_meta(name: str, data_dir: str | os.PathLike | None = None, *, void: 
 def dataset_summary(name: str, data_dir: str | os.PathLike | None = None, *, void: int = VOID,
                     binary: bool = False, **kwargs: Any) -> dict[str, Any]:
     """JSON-ready description of a dataset: for folders :meth:`FolderDataset.summary` (classes, colours,
-    void, how the split was made, the stems of each split, pixel counts); for tfds datasets its name,
-    classes and split sizes."""
+    void, how the split was made, the stems of each split, pixel counts, and ``fingerprint``: the number of
+    examples and a digest of :func:`dataset_files`); for tfds datasets its name, classes and split sizes."""
     if is_folder(name):
         return _folder(name, void, binary, kwargs).summary()
     meta = dataset_meta(name, data_dir, void=void, binary=binary, **kwargs)
     return {"name": meta.name, "num_classes": meta.num_classes, "class_names": list(meta.class_names),
             "splits": dict(meta.splits), "train_split": meta.train_split, "eval_split": meta.eval_split}
+
+
+def dataset_files(name: str, data_dir: str | os.PathLike | None = None, *, void: int = VOID, binary: bool = False,
+                  **kwargs: Any) -> dict[str, str] | None:
+    """The per-file fingerprints of a folder dataset as scanned (:meth:`FolderDataset.file_table`: one per
+    example, keyed by its image's path, and one per classes / split-list file); None for tfds datasets,
+    whose prepared files do not change."""
+    if is_folder(name):
+        return _folder(name, void, binary, kwargs).file_table()
+    return None
 
 
 def class_pixel_counts(name: str, split: str, data_dir: str | os.PathLike | None = None, *, void: int = VOID,

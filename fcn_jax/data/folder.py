@@ -30,18 +30,27 @@ Masks (the returned ``segmentation`` is (H, W) uint8 with ``fcn_jax.preprocess.V
   in classes.txt.
 - ``binary=True``: any mask read as grayscale (palette and colour masks by their colours: any non-zero
   channel counts), 0 -> class 0, anything else -> class 1; class names from classes.txt (exactly two)
-  or ('background', 'foreground'); no void.
+  or ('background', 'foreground'); no void. A binary mask holds 0 and at most one other value (colour
+  and palette masks: black and at most one other colour); more would merge classes and is an error.
 
 Without classes.txt the classes are discovered from the masks: ``class_0`` ... up to the largest value
 present. Masks holding only 0 and the void value are refused unless ``binary=True`` (0/255 foreground
 masks would otherwise train on background alone).
 
-A :class:`FolderDataset` scans the folder once at construction: every mask is decoded (in a thread
-pool) to validate its values and size against its image (read from the image file's header) and to
-count labelled pixels per class and split. Every problem is a one-line :class:`DataError` naming the
-file. :func:`load_folder` caches datasets in-process by (root, void, binary) and a fingerprint of the
-files (path, size, mtime), so a changed folder is scanned again. A split's :class:`FolderSource` decodes
-image and mask on access (``len``, ``[i]``), in the input pipeline's worker threads.
+A :class:`FolderDataset` scans the folder once at construction, in a thread pool (a progress bar for
+more than 200 examples): every mask is decoded to validate its values and size against its image and to
+count labelled pixels per class and split, and every image is decoded in full, so a truncated or damaged
+file is found before training starts (a header read would pass it). Images that decoded are recorded by
+path, size and mtime in the user cache (:func:`cache_dir`, ``folders/``; never in the dataset), so an
+unchanged image is not decoded again by a later scan, in any process. Every problem is a one-line
+:class:`DataError` naming the file. :func:`load_folder` caches datasets in-process by (root, void, binary)
+and a fingerprint of the files (path, size, mtime), so a changed folder is scanned again. A split's
+:class:`FolderSource` decodes image and mask on access (``len``, ``[i]``), in the input pipeline's worker
+threads; a file damaged after the scan is a DataError naming it there.
+
+:meth:`FolderDataset.file_table` fingerprints the examples the scan read (size and mtime of each image and
+mask) and the classes / split-list files it used; :func:`fingerprint_changes` compares two tables (what a
+resumed training run reports when its folder changed).
 
 This module imports neither jax nor TensorFlow itself (NumPy, PIL, tqdm).
 """
@@ -49,6 +58,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
+import json
 import operator
 import os
 import sys
@@ -57,14 +68,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image
 
 from fcn_jax.data.base import DataError
 from fcn_jax.images import load_image
+from fcn_jax.io import write_json
 from fcn_jax.preprocess import VOID
 
-__all__ = ["PREFIX", "Classes", "FolderDataset", "FolderSource", "MASK_EXTENSIONS", "MaskOptions", "folder_root",
-           "image_extensions", "image_size", "is_folder", "load_folder", "read_classes", "read_mask"]
+__all__ = ["PREFIX", "Classes", "FolderDataset", "FolderSource", "MASK_EXTENSIONS", "MaskOptions", "cache_dir",
+           "fingerprint_changes", "folder_root", "image_extensions", "image_size", "is_folder", "load_folder",
+           "read_classes", "read_mask"]
 
 PREFIX = "folder:"
 SPLITS = ("train", "val")
@@ -76,6 +90,8 @@ VAL_FRACTION = 0.1
 SPLIT_SEED = 0
 _SHOWN = 5  # how many offending files an error names
 _PROGRESS_MIN_FILES = 200
+_LIST_FILES = tuple(f"{split}.txt" for split in SPLITS)
+_OTHER_FILES = (CLASSES_FILE, *_LIST_FILES)  # the non-example files a file table fingerprints
 # PIL registers these extensions, but their plugins are stubs or not images one trains on.
 _NOT_IMAGES = frozenset({".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".mpeg", ".mpg"})
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose the image (width <-> height)
@@ -125,6 +141,67 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DataError(f"{os.fspath(path)}: cannot read image ({_reason(e)})") from e
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def cache_dir() -> str:
+    """fcn_jax's user cache directory: ``$XDG_CACHE_HOME/fcn_jax`` when XDG_CACHE_HOME is an absolute path,
+    else ``~/.cache/fcn_jax``."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fcn_jax")
+
+
+class _DecodeRecord:
+    """The images of one folder that decoded in full, ``{path relative to the root: [size, mtime_ns, width,
+    height]}``, in ``cache_dir()/folders/<hash of the root>.json`` (and for this PIL version only).
+
+    An image whose size and mtime match its entry is not decoded again. The record is a speed-up only: an
+    unreadable, unwritable or missing one means decoding again, silently. Thread-safe.
+    """
+
+    def __init__(self, root: str):
+        self.root = root
+        name = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".json"
+        self.path = os.path.join(cache_dir(), "folders", name)
+        self._old = self._read()
+        self._new: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, list[int]]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                record = json.load(f)
+            if record["root"] != self.root or record["pil"] != PIL.__version__:
+                return {}
+            return {str(k): [int(x) for x in v] for k, v in record["images"].items() if len(v) == 4}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def size(self, relative: str, st: os.stat_result) -> tuple[int, int] | None:
+        """(width, height) of an image that decoded before at this size and mtime, else None."""
+        entry = self._old.get(relative)
+        if entry is None or entry[0] != st.st_size or entry[1] != st.st_mtime_ns:
+            return None
+        with self._lock:
+            self._new[relative] = entry
+        return entry[2], entry[3]
+
+    def add(self, relative: str, st: os.stat_result, width: int, height: int) -> None:
+        """Records an image that decoded in full (``st``: its stat from before the decode)."""
+        with self._lock:
+            self._new[relative] = [int(st.st_size), int(st.st_mtime_ns), int(width), int(height)]
+
+    def save(self, complete: bool) -> None:
+        """Writes the record: after a ``complete`` scan its images only, else the old entries updated."""
+        with self._lock:
+            images = dict(self._new) if complete else {**self._old, **self._new}
+        if images == self._old:
+            return
+        try:
+            write_json(self.path, {"root": self.root, "pil": PIL.__version__, "images": dict(sorted(images.items()))})
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,6 +298,21 @@ def _colour_labels(rgb: np.ndarray, path: str, options: MaskOptions) -> np.ndarr
     return labels[slot]
 
 
+def _check_binary(keys: np.ndarray, pixels: np.ndarray, path: str, what: str) -> None:
+    """DataError unless ``keys`` (H, W) hold 0 and at most one other value (``pixels``: the value or colour
+    of each pixel, shown in the message); two non-zero values would become one class."""
+    nonzero = keys[keys != 0]
+    if not nonzero.size or not (nonzero != nonzero[0]).any():
+        return
+    found = np.unique(keys)
+    shown = [pixels[_first_pixel(keys == k)[::-1]] for k in found[:_SHOWN]]
+    listed = ", ".join(str(int(v)) if np.ndim(v) == 0 else str(tuple(int(c) for c in v)) for v in shown)
+    zero = "0" if what == "values" else "black"
+    raise DataError(f"{path}: mask holds {found.size} {what} ({listed}{', ...' if found.size > _SHOWN else ''}) but "
+                    f"a binary mask (binary=True, --binary-masks) holds {zero} and one other, and the others would "
+                    "be merged into class 1; without --binary-masks each is a class")
+
+
 def _decode_mask(path: str, options: MaskOptions) -> tuple[np.ndarray, str]:
     """(labels (H, W) uint8 with 255 = void, kind in MASK_KINDS) of one mask file."""
     try:
@@ -230,8 +322,12 @@ def _decode_mask(path: str, options: MaskOptions) -> tuple[np.ndarray, str]:
             if options.binary:
                 if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16"):
                     values = np.asarray(image.convert("L") if mode in ("1", "LA") else image)
-                else:  # palette, colour and the rest: by colour, any non-zero channel
-                    values = np.asarray(image.convert("RGB")).max(axis=2)
+                    _check_binary(values, values, path, "values")
+                else:  # palette, colour and the rest: by colour, black is background
+                    rgb = np.asarray(image.convert("RGB"))
+                    _check_binary((rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8)
+                                  | rgb[..., 2], rgb, path, "colours")
+                    values = rgb.max(axis=2)
                 return (values != 0).astype(np.uint8), "binary"
             if mode in ("P", "PA"):
                 values, kind = np.asarray(image.getchannel(0) if mode == "PA" else image), "palette"
@@ -610,36 +706,80 @@ def _fingerprint(root: str) -> tuple:
     return tuple(sorted(entries, key=lambda e: e[0]))
 
 
-def _scan_one(item: _Item, options: MaskOptions) -> tuple[str, np.ndarray, tuple[int, int]]:
-    """(mask kind, 256-bin histogram of the labels, (H, W)) of one example; the image's header size checked."""
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({_reason(e)})") from e
+
+
+def _digest(*parts: Any) -> str:
+    """A short stable hex digest of ``parts`` (strings and integers)."""
+    return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _scan_one(item: _Item, options: MaskOptions,
+              record: _DecodeRecord) -> tuple[str, np.ndarray, tuple[int, int], str]:
+    """(mask kind, 256-bin histogram of the labels, (H, W), fingerprint) of one example: the mask decoded,
+    the image decoded in full unless ``record`` has it at this size and mtime, their sizes compared; the
+    fingerprint digests both files' paths (relative to the root), sizes and mtimes, stat'ed before reading."""
+    image_stat, mask_stat = _stat(item.image), _stat(item.mask)
     labels, kind = _decode_mask(item.mask, options)
-    width, height = image_size(item.image)
+    relative = os.path.relpath(item.image, record.root)
+    size = record.size(relative, image_stat)
+    if size is None:
+        try:
+            image = load_image(item.image)
+        except ValueError as e:
+            raise DataError(f"{item.image}: {e}") from e
+        size = (image.shape[1], image.shape[0])
+        del image
+        record.add(relative, image_stat, *size)
+    width, height = size
     if labels.shape != (height, width):
         raise DataError(f"{item.mask}: mask is {labels.shape[1]}x{labels.shape[0]} (width x height) but its image "
                         f"{item.image} is {width}x{height} (after EXIF orientation)")
-    return kind, np.bincount(labels.ravel(), minlength=256).astype(np.int64), labels.shape
+    fingerprint = _digest(relative, image_stat.st_size, image_stat.st_mtime_ns, os.path.relpath(item.mask, record.root),
+                          mask_stat.st_size, mask_stat.st_mtime_ns)
+    return kind, np.bincount(labels.ravel(), minlength=256).astype(np.int64), labels.shape, fingerprint
 
 
 def _scan(root: str, plan: dict[str, list[_Item]], options: MaskOptions,
-          progress: bool) -> dict[str, list[tuple[str, np.ndarray, tuple[int, int]]]]:
-    """:func:`_scan_one` of every item, in a thread pool (PIL and NumPy release the GIL), results in order."""
+          progress: bool) -> dict[str, list[tuple[str, np.ndarray, tuple[int, int], str]]]:
+    """:func:`_scan_one` of every item, in a thread pool (PIL and NumPy release the GIL), results in order;
+    the images that decoded are recorded in the user cache (:class:`_DecodeRecord`) even if one fails."""
     from tqdm import tqdm
 
     items = [(split, item) for split in SPLITS for item in plan[split]]
     results: dict[str, list] = {split: [] for split in SPLITS}
+    record = _DecodeRecord(root)
     workers = min(32, (os.cpu_count() or 1) + 4)
+    complete = False
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="folder-scan") as pool, \
-            tqdm(total=len(items), desc=f"scanning {os.path.join(root, 'masks')}", unit="mask", file=sys.stderr,
+            tqdm(total=len(items), desc=f"checking {root}", unit="example", file=sys.stderr,
                  disable=not progress or len(items) <= _PROGRESS_MIN_FILES, dynamic_ncols=True) as bar:
-        futures = [pool.submit(_scan_one, item, options) for _, item in items]
+        futures = [pool.submit(_scan_one, item, options, record) for _, item in items]
         try:
             for (split, _), future in zip(items, futures):
                 results[split].append(future.result())
                 bar.update()
+            complete = True
         finally:
             for future in futures:
                 future.cancel()
+            concurrent.futures.wait(futures)  # every decode that started is recorded before the record is saved
+            record.save(complete)
     return results
+
+
+def fingerprint_changes(old: dict[str, str], new: dict[str, str]) -> dict[str, Any]:
+    """What changed between two :meth:`FolderDataset.file_table` tables: ``{'added', 'removed', 'changed'}``
+    counts of examples (keyed by image path; changed: its image or mask has another size or mtime) and
+    ``'other_files'``: the classes / split-list files added, removed or changed, sorted."""
+    examples = [(k in old, k in new, old.get(k) != new.get(k)) for k in set(old) | set(new) if k not in _OTHER_FILES]
+    return {"added": sum(not a and b for a, b, _ in examples), "removed": sum(a and not b for a, b, _ in examples),
+            "changed": sum(a and b and d for a, b, d in examples),
+            "other_files": sorted(k for k in _OTHER_FILES if old.get(k) != new.get(k))}
 
 
 class FolderDataset:
@@ -665,6 +805,9 @@ class FolderDataset:
             raise DataError(f"{root}: void={void} does not apply with binary=True (binary masks have no void: "
                             "0 is background, anything else foreground)")
         self.root, self.void, self.binary = root, void, binary
+        # stat'ed before they are read: what the file table records is never newer than what was read
+        others = {name: _stat(os.path.join(root, name)) for name in _OTHER_FILES
+                  if os.path.isfile(os.path.join(root, name))}
         classes_path = os.path.join(root, CLASSES_FILE)
         classes = read_classes(classes_path) if os.path.exists(classes_path) else None
         if binary and classes is not None and len(classes.names) != 2:
@@ -704,6 +847,10 @@ class FolderDataset:
         self.pixel_counts = {split: histograms[split][:num_classes].astype(np.int64) for split in SPLITS}
         self.void_pixels = {split: int(histograms[split][VOID]) for split in SPLITS}
         self.mask_kinds = {kind: sum(r[0] == kind for split in SPLITS for r in results[split]) for kind in MASK_KINDS}
+        used = [name for name in others if name == CLASSES_FILE or self.split_method.startswith("lists")]
+        self._files = {os.path.relpath(item.image, root): r[3] for split in SPLITS
+                       for item, r in zip(plan[split], results[split])}
+        self._files.update({name: _digest(name, others[name].st_size, others[name].st_mtime_ns) for name in used})
 
     @property
     def num_classes(self) -> int:
@@ -713,6 +860,12 @@ class FolderDataset:
     def splits(self) -> dict[str, int]:
         """{split: number of examples}."""
         return {split: len(self.stems[split]) for split in SPLITS}
+
+    def file_table(self) -> dict[str, str]:
+        """``{path relative to the root: fingerprint}``, as scanned: one entry per example, keyed by its image
+        (a digest of its image's and mask's paths, sizes and mtimes), and one per classes.txt / train.txt /
+        val.txt the dataset used (a digest of its size and mtime). Compare two with :func:`fingerprint_changes`."""
+        return dict(sorted(self._files.items()))
 
     def source(self, split: str) -> FolderSource:
         """The random-access source of ``split`` ('train' or 'val')."""
@@ -763,6 +916,8 @@ class FolderDataset:
             "void_pixels": dict(self.void_pixels),
             "mask_kinds": dict(self.mask_kinds),
             "notes": list(self.notes),
+            "fingerprint": {"examples": sum(self.splits.values()),
+                            "digest": _digest(sorted(self._files.items()))},
         }
 
     def __repr__(self) -> str:
