@@ -390,7 +390,7 @@ def read_tensors(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], 
                **dict.fromkeys(CAFFE_SUFFIXES, functools.partial(_caffemodel, width=width))}
     if suffix in NETWORK_SUFFIXES:
         raise WeightsError(f"{path}: a {suffix} file is a Caffe network definition, not weights; pass the "
-                           f".caffemodel trained with it (the network comes from --variant)")
+                           f".caffemodel trained with it")
     if suffix not in readers:
         raise WeightsError(f"{path}: unknown weights file extension {suffix or '(none)'!r}; expected one of "
                            f"{', '.join(SUFFIXES)} or an fcn-jax checkpoint directory")
@@ -451,8 +451,15 @@ def _fcn_variant_of(keys: set[str], path: str) -> str | None:
 def first_score_key(variant: str) -> str:
     """The ``fcn``-format key of the first head's (first stream's) ``score_fr`` weight: its rows are the
     classes."""
-    spec = get_variant(variant)
-    return f"{skip_specs(variant)[0].score_names(spec.streams)[0]}.weight"
+    spec, skips = get_variant(variant), skip_specs(variant)
+    if not skips:
+        raise WeightsError(f"pytorch-fcn weights are for the Caffe skip FCNs ({', '.join(_skip_variants())}); "
+                           f"{variant} has no score_fr layer")
+    return f"{skips[0].score_names(spec.streams)[0]}.weight"
+
+
+def _skip_variants() -> list[str]:
+    return [v for v in VARIANTS if skip_specs(v)]
 
 
 def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str], variant: str | None = None,

@@ -13,13 +13,13 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from fcn_jax.models.heads import SkipSpec, Upsampler
+from fcn_jax.models.heads import BilinearSpec, FCNHeadSpec, SkipSpec, Upsampler
 from fcn_jax.models.layers import PADDINGS, check_padding
 from fcn_jax.models.outputs import Output, evaluated
 from fcn_jax.models.spec import HeadSpec, Stream, VariantSpec
 from fcn_jax.models.table import Registry
 
-__all__ = ["PADDINGS", "SPECS", "VARIANTS", "check_padding", "check_variant", "evaluated_outputs",
+__all__ = ["AUX_LOSS_WEIGHT", "PADDINGS", "SPECS", "VARIANTS", "check_padding", "check_variant", "evaluated_outputs",
            "final_upsampler_names", "get_variant", "input_shape", "main_output", "outputs", "register_variant",
            "require", "resolve_inputs", "skip_specs", "supports", "unregister_variant", "upsampler_names", "validate"]
 
@@ -44,6 +44,17 @@ def _siftflow(skip: SkipSpec) -> tuple[HeadSpec, ...]:
     model's num_classes, 33) and geometric (3), each with its own score layers, upsamplers and crops."""
     return (HeadSpec("skip", Output("sem"), dataclasses.replace(skip, suffix="_sem")),
             HeadSpec("skip", Output("geo", 3, "geometric"), dataclasses.replace(skip, suffix="_geo")))
+
+
+AUX_LOSS_WEIGHT = 0.5  # torchvision's references/segmentation/train.py: loss = out + 0.5 * aux
+
+
+def _torchvision_fcn() -> tuple[HeadSpec, ...]:
+    """torchvision's FCN heads: FCNHead on layer4 ('out', under ``classifier``) and a training-only
+    auxiliary FCNHead on layer3 ('aux', under ``aux_classifier``, loss weight 0.5), both at stride 8."""
+    return (HeadSpec("fcnhead", Output("out"), FCNHeadSpec("top", 8), scope="classifier"),
+            HeadSpec("fcnhead", Output("aux", loss_weight=AUX_LOSS_WEIGHT, evaluated=False), FCNHeadSpec("layer3", 8),
+                     scope="aux_classifier"))
 
 
 _BUILTIN_SPECS: dict[str, VariantSpec] = {
@@ -84,6 +95,17 @@ _BUILTIN_SPECS: dict[str, VariantSpec] = {
     # 32i + 31.5: no integer crop aligns it.)
     "fcn-googlenet": VariantSpec("googlenet", _one(_skip((), (Upsampler("upscore", 63, 32),), (), 16)),
                                  "FCN-GoogLeNet: inception_5b scores upsampled x32 in one step (paper Table 1)"),
+    # Seed 002's VGG11Segmentation: VGG11-BN without pool5 (stride 16), conv_out 1x1, bilinear to the input
+    # (the seed's Upsample(scale_factor=16) for multiples of 16, F.interpolate(size=input) for any other size).
+    "fcn-vgg11bn": VariantSpec("vgg11bn", (HeadSpec("bilinear", Output("out"), BilinearSpec("top", 16, "conv_out")),),
+                               "FCN-VGG11-BN (seed 002): conv5_2 at stride 16, 1x1 conv_out, bilinear to the input"),
+    # torchvision.models.segmentation.fcn_resnet50 / fcn_resnet101 (aux_loss=True).
+    "fcn-resnet50": VariantSpec("resnet50", _torchvision_fcn(),
+                                "FCN-ResNet50 (torchvision): dilated ResNet-50 (stride 8), FCNHead, aux head on "
+                                "layer3"),
+    "fcn-resnet101": VariantSpec("resnet101", _torchvision_fcn(),
+                                 "FCN-ResNet101 (torchvision): dilated ResNet-101 (stride 8), FCNHead, aux head on "
+                                 "layer3"),
 }
 SPECS: Registry[VariantSpec] = Registry("FCN variant", _BUILTIN_SPECS)
 VARIANTS: Sequence[str] = SPECS.names  # live: registered variants join it

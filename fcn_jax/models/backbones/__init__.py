@@ -13,11 +13,14 @@ import flax.linen as nn
 
 from fcn_jax.models.backbones.alexnet import AlexNet
 from fcn_jax.models.backbones.googlenet import GoogLeNet
+from fcn_jax.models.backbones.resnet import ResNet50, ResNet101
 from fcn_jax.models.backbones.vgg import VGG16
+from fcn_jax.models.backbones.vgg_bn import VGG11BN
 from fcn_jax.models.table import Registry
 
 BACKBONES: Registry[type[nn.Module]] = Registry("backbone", {"vgg16": VGG16, "alexnet": AlexNet,
-                                                             "googlenet": GoogLeNet})
+                                                             "googlenet": GoogLeNet, "vgg11bn": VGG11BN,
+                                                             "resnet50": ResNet50, "resnet101": ResNet101})
 
 
 def register_backbone(name: str, cls: type[nn.Module]) -> type[nn.Module]:
@@ -30,4 +33,4 @@ def get_backbone(name: str) -> type[nn.Module]:
     return BACKBONES.check(name)
 
 
-__all__ = ["BACKBONES", "VGG16", "get_backbone", "register_backbone"]
+__all__ = ["BACKBONES", "VGG11BN", "VGG16", "ResNet50", "ResNet101", "get_backbone", "register_backbone"]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from fcn_jax.models.heads.bilinear import BilinearHead, BilinearSpec
+from fcn_jax.models.heads.fcnhead import FCNHead, FCNHeadSpec
 from fcn_jax.models.heads.skip import SkipHead, SkipSpec, Upsampler
 from fcn_jax.models.table import Registry
 
-HEADS: Registry[type[nn.Module]] = Registry("head kind", {"skip": SkipHead})
+HEADS: Registry[type[nn.Module]] = Registry("head kind", {"skip": SkipHead, "bilinear": BilinearHead,
+                                                         "fcnhead": FCNHead})
 
 
 def register_head(kind: str, cls: type[nn.Module]) -> type[nn.Module]:
@@ -24,4 +27,5 @@ def get_head(kind: str) -> type[nn.Module]:
     return HEADS.check(kind)
 
 
-__all__ = ["HEADS", "SkipHead", "SkipSpec", "Upsampler", "get_head", "register_head"]
+__all__ = ["HEADS", "BilinearHead", "BilinearSpec", "FCNHead", "FCNHeadSpec", "SkipHead", "SkipSpec", "Upsampler",
+           "get_head", "register_head"]
