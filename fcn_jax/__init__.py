@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 def create_model(variant: str = "fcn32s", num_classes: int = 21, **options: Any) -> FCN:
     """The FCN linen module. ``options``: width, padding, dropout_rate, dtype ('float32' | 'bfloat16' or a
-    jnp dtype). Validated at once (unknown variant or padding, num_classes < 1, width outside (0, 1])."""
+    jnp dtype), frozen_bn (BatchNorm networks: running statistics used and never updated). Validated at once (unknown variant or padding, num_classes < 1, width outside (0, 1])."""
     dtype = options.pop("dtype", "float32")
     names = {v: k for k, v in DTYPES.items()}
     config = ModelConfig(variant=variant, num_classes=num_classes,

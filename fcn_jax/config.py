@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import jax.numpy as jnp
 
 from fcn_jax.models import FCN, PADDINGS, VARIANTS, resolve_inputs
+from fcn_jax.models.registry import has_batchnorm
 from fcn_jax.models.registry import validate as validate_model
 from fcn_jax.preprocess import CONVENTIONS, INPUTS
 
@@ -85,17 +86,23 @@ class ModelConfig:
                                     "bilinear: 'all' (the reference: every Deconvolution has lr_mult 0), "
                                     "'final' (the last one) or 'none' (the paper's learned upsampling)",
                                     FREEZE_CHOICES)
+    frozen_bn: bool = option(False, "BatchNorm networks: every BatchNorm normalises with its running statistics "
+                             "and never updates them, in training too (fine-tuning at small batches; batch 1); "
+                             "their scale and bias still train unless --frozen matches them")
 
     def __post_init__(self) -> None:
         validate_model(self.variant, self.num_classes, self.width, self.padding)  # the registry's own words
         _validate_fields(self)
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate: must be in [0, 1), got {self.dropout_rate}")
+        if self.frozen_bn and not has_batchnorm(self.variant):
+            raise ValueError(f"frozen_bn: {self.variant} has no BatchNorm layers")
 
     def build(self) -> FCN:
         """The linen module this config describes."""
         return FCN(variant=self.variant, num_classes=self.num_classes, width=self.width,
-                   padding=self.padding, dropout_rate=self.dropout_rate, dtype=DTYPES[self.dtype])
+                   padding=self.padding, dropout_rate=self.dropout_rate, dtype=DTYPES[self.dtype],
+                   frozen_bn=self.frozen_bn)
 
 
 @dataclasses.dataclass(frozen=True)

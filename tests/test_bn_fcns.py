@@ -460,3 +460,38 @@ def test_head_strides_are_the_backbones():
         spec = fcn_jax.models.get_variant(variant)
         strides = fcn_jax.models.BACKBONES[spec.backbone].STRIDES
         assert [h.args.stride for h in spec.heads] == [strides[h.args.feature] for h in spec.heads], variant
+
+
+def test_frozen_bn_config_trains_with_every_statistic_and_frozen_affine_unchanged():
+    """``--frozen-bn`` (ModelConfig.frozen_bn) reaches every BatchNorm of the network: after two SGD steps of
+    the train step every running statistic is bit-identical, and with ``--frozen '.*bn.*'`` so are the
+    BatchNorm scales and biases, while the convolutions train. Refused for a network without BatchNorm."""
+    from fcn_jax import parallel
+    from fcn_jax.config import ModelConfig
+    from fcn_jax.configs import get_config
+    from fcn_jax.train_lib import create_train_state, init_variables, make_train_step
+    cfg = get_config("shapes", "fcn-vgg11bn", model={"num_classes": 3, "width": 0.125, "padding": "same",
+                                                     "frozen_bn": True},
+                     frozen=r".*/bn[^/]*/.*", optimizer="sgd", lr=0.1, schedule="fixed", warmup_steps=0, batch_size=2)
+    model = cfg.model.build()
+    variables = init_variables(cfg, model)
+    rng = np.random.RandomState(0)
+    variables["batch_stats"] = traverse_util.unflatten_dict({  # random running statistics: small means, var > 0
+        k: jnp.asarray(rng.uniform(0.5, 1.5, v.shape) if k[-1] == "var" else 0.01 * rng.standard_normal(v.shape),
+                       jnp.float32) for k, v in traverse_util.flatten_dict(variables["batch_stats"]).items()})
+    state = create_train_state(cfg, model, variables)
+    variables = jax.tree.map(np.array, variables)  # copies: the step donates the state's arrays
+    step = make_train_step(cfg, parallel.make_mesh(), state.params)
+    batch = {"image": jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32),
+             "label": jnp.asarray(rng.randint(0, 3, (2, 32, 32)), jnp.int32)}
+    for _ in range(2):
+        state, _ = step(state, batch)
+    jax.tree.map(np.testing.assert_array_equal, state.model_state["batch_stats"], variables["batch_stats"])
+    before, after = (traverse_util.flatten_dict(p, sep="/") for p in (variables["params"], state.params))
+    bn = [k for k in before if "/bn" in k]
+    assert len(bn) == 2 * 8  # scale and bias of the eight BatchNorms
+    for key in before:
+        same = np.array_equal(before[key], after[key])
+        assert same == (key in bn), key
+    with pytest.raises(ValueError, match="frozen_bn: fcn8s has no BatchNorm layers"):
+        ModelConfig("fcn8s", 3, frozen_bn=True)

@@ -25,7 +25,7 @@ import numpy as np
 from fcn_jax.models.backbones import get_backbone
 from fcn_jax.models.heads import get_head
 from fcn_jax.models.outputs import Output
-from fcn_jax.models.registry import get_variant, input_shape, validate
+from fcn_jax.models.registry import get_variant, input_shape, takes_frozen_bn, validate
 
 # Dummy NHWC input to initialise (or ``jax.eval_shape``) an RGB FCN; a multiple of 32 suits both paddings.
 # ``registry.input_shape(variant)`` is the one for any variant (4 or 6 channels for NYUD's fusion nets).
@@ -69,6 +69,8 @@ class FCN(nn.Module):
         the pixels at 500x500, but it no longer matches the reference weights' geometry).
       dropout_rate: element-wise dropout after fc6 and fc7 in training.
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
+      frozen_bn: every BatchNorm normalises with its running statistics and never updates them, in training
+        too (fine-tuning at small batches); only for variants with BatchNorm (:func:`registry.has_batchnorm`).
     """
 
     variant: str = "fcn32s"
@@ -77,6 +79,7 @@ class FCN(nn.Module):
     padding: str = "reference"
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    frozen_bn: bool = False
 
     @property
     def outputs(self) -> tuple[Output, ...]:
@@ -88,16 +91,19 @@ class FCN(nn.Module):
         spec = get_variant(self.variant)
         backbone = get_backbone(spec.backbone)
         self.stride = backbone.STRIDES["top"]
+        bn = lambda cls: {"frozen_bn": self.frozen_bn} if takes_frozen_bn(cls) else {}  # noqa: E731
         make = lambda: backbone(width=self.width, padding=self.padding,  # noqa: E731
-                                dropout_rate=self.dropout_rate, dtype=self.dtype, **dict(spec.backbone_args))
+                                dropout_rate=self.dropout_rate, dtype=self.dtype, **bn(backbone),
+                                **dict(spec.backbone_args))
         if len(spec.streams) == 1:
             self.backbone = make()
         else:  # named backbone_<suffix>
             self.backbone = {stream.suffix: make() for stream in spec.streams}
         heads = []
         for head, output in zip(spec.heads, spec.outputs(self.num_classes)):
-            module = get_head(head.kind)(output=output, args=head.args, streams=spec.streams, padding=self.padding,
-                                         dtype=self.dtype, name=head.scope)
+            kind = get_head(head.kind)
+            module = kind(output=output, args=head.args, streams=spec.streams, padding=self.padding,
+                          dtype=self.dtype, name=head.scope, **bn(kind))
             heads.append(module)
         self.heads = heads
         for head, module in zip(spec.heads, self.heads):

@@ -20,8 +20,8 @@ from fcn_jax.models.spec import HeadSpec, Stream, VariantSpec
 from fcn_jax.models.table import Registry
 
 __all__ = ["AUX_LOSS_WEIGHT", "PADDINGS", "SPECS", "VARIANTS", "check_padding", "check_variant", "evaluated_outputs",
-           "final_upsampler_names", "get_variant", "input_shape", "main_output", "outputs", "register_variant",
-           "require", "resolve_inputs", "skip_specs", "supports", "unregister_variant", "upsampler_names", "validate"]
+           "final_upsampler_names", "get_variant", "has_batchnorm", "input_shape", "main_output", "outputs", "register_variant",
+           "require", "resolve_inputs", "skip_specs", "supports", "takes_frozen_bn", "unregister_variant", "upsampler_names", "validate"]
 
 
 def _skip(skips: tuple[str, ...], upsamplers: tuple[Upsampler, ...], skip_offsets: tuple[int, ...],
@@ -230,3 +230,16 @@ def supports(variant: str, *, rgb: bool = False, single_output: bool = False) ->
         return False
     return True
 
+
+
+def takes_frozen_bn(module: type) -> bool:
+    """Whether a backbone or head class has BatchNorm layers (it declares the ``frozen_bn`` field)."""
+    return "frozen_bn" in getattr(module, "__dataclass_fields__", {})
+
+
+def has_batchnorm(variant: str) -> bool:
+    """Whether ``variant``'s backbone or one of its heads has BatchNorm layers (what ``frozen_bn`` freezes)."""
+    from fcn_jax.models.backbones import get_backbone
+    from fcn_jax.models.heads import get_head
+    spec = get_variant(variant)
+    return takes_frozen_bn(get_backbone(spec.backbone)) or any(takes_frozen_bn(get_head(h.kind)) for h in spec.heads)
