@@ -15,14 +15,30 @@ Checkpoints written before the meta carried a version (format 0: no ``version``,
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash never
 leaves a checkpoint that looks whole.
+
+Faults are quiet and named: a step that cannot be read is one CheckpointError with a short reason (or, when
+resuming, one warning as it is set aside); a saved state that reads but does not fit the run is
+IncompatibleCheckpoint, never set aside; a write that finds the disk full is one ``OSError`` naming the step.
+Nothing of Orbax's own failure output (tracebacks of its threads, TensorStore callbacks into closed event
+loops, log records) reaches the console (:class:`_Quiet`).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import errno
+import gc
+import glob
 import logging
 import os
+import re
+import shutil
+import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
 from typing import Any
 
 import jax
@@ -45,16 +61,148 @@ class IncompatibleCheckpoint(CheckpointError):
     network does not have): refused as it is, never set aside as damaged."""
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keeps Orbax's routine notices about read-only managers and metadata (absl WARNINGs) off the console."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+def _package_dir(name: str) -> str | None:
     try:
-        yield
-    finally:
-        logger.setLevel(level)
+        module = __import__(name, fromlist=["__file__"])
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+
+
+# Orbax's and TensorStore's source trees: noise whose traceback or log record comes from here is theirs.
+_NOISY_DIRS = tuple(d for d in (_package_dir("orbax.checkpoint"), _package_dir("tensorstore")) if d)
+_ASYNCIO_NOISE = ("Task exception was never retrieved", "Future exception was never retrieved",
+                  "Task was destroyed but it is pending")
+
+
+def _noisy_traceback(tb: TracebackType | None) -> bool:
+    """Whether a traceback passes through Orbax or TensorStore."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_NOISY_DIRS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _NoiseFilter(logging.Filter):
+    """Drops Orbax's own log records (on the ``absl`` logger: every failure is also raised to fcn-jax, which
+    reports it) and asyncio's reports of Orbax tasks whose exception nobody retrieved (on ``asyncio``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "absl":
+            return not record.pathname.startswith(_NOISY_DIRS)
+        if record.name == "asyncio" and record.getMessage().startswith(_ASYNCIO_NOISE):
+            from_orbax = "orbax" in record.getMessage() or "tensorstore" in record.getMessage()
+            return not (from_orbax or (record.exc_info is not None and _noisy_traceback(record.exc_info[2])))
+        return True
+
+
+class _Quiet:
+    """What keeps Orbax's I/O off the console, active while any fcn-jax Orbax call (or training checkpointer)
+    is under way; re-entrant and shared by threads (a count), everything restored when the last one leaves.
+
+    - Orbax runs each operation in a fresh asyncio event loop and closes it as soon as the first read or write
+      fails, with the operation's other TensorStore reads and writes still in flight: they later call back into
+      the closed loop ('RuntimeError: Event loop is closed' through ``sys.unraisablehook``), and their abandoned
+      coroutines and tasks are finalised with tracebacks pages long. While active, those loops are closed the
+      way :func:`asyncio.run` closes its own: the remaining tasks cancelled and awaited first, so nothing is
+      left in flight (the fix at the source).
+    - A safety net for what still escapes: Orbax's log records (absl) and asyncio's reports of its unretrieved
+      task exceptions are filtered; unraisable exceptions and thread exceptions raised from Orbax or TensorStore
+      (or 'Event loop is closed') are dropped; anything else reaches the hooks that were there before. Orbax's
+      routine notices (read-only managers, metadata) are among the records filtered.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._saved: dict[str, Any] = {}
+        self._filter = _NoiseFilter()
+        self.leftovers = False  # a drained loop had tasks in flight: collect their garbage before leaving
+
+    def __enter__(self) -> _Quiet:
+        with self._lock:
+            if self._depth == 0:
+                self._install()
+            self._depth += 1
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                if self.leftovers or exc_type is not None:
+                    gc.collect()  # abandoned coroutines are finalised now, while the hooks are in place
+                    self.leftovers = False
+                self._uninstall()
+
+    def _install(self) -> None:
+        self._saved = {"unraisablehook": sys.unraisablehook, "excepthook": threading.excepthook}
+        logging.getLogger("absl").addFilter(self._filter)
+        logging.getLogger("asyncio").addFilter(self._filter)
+        sys.unraisablehook = self._unraisable
+        threading.excepthook = self._thread_exception
+        try:
+            from orbax.checkpoint._src import asyncio_utils
+        except ImportError:  # a newer Orbax that moved it: the safety net above still holds
+            return
+        if callable(getattr(asyncio_utils, "_run_sync_via_new_loop", None)):
+            self._saved["run_sync"] = (asyncio_utils, asyncio_utils._run_sync_via_new_loop)
+            asyncio_utils._run_sync_via_new_loop = self._run_sync_draining
+
+    def _uninstall(self) -> None:
+        saved, self._saved = self._saved, {}
+        logging.getLogger("absl").removeFilter(self._filter)
+        logging.getLogger("asyncio").removeFilter(self._filter)
+        # restore a hook only if it is still ours (someone who replaced it meanwhile keeps theirs)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = saved.get("unraisablehook", sys.__unraisablehook__)
+        if threading.excepthook == self._thread_exception:
+            threading.excepthook = saved.get("excepthook", threading.__excepthook__)
+        if "run_sync" in saved:
+            module, original = saved["run_sync"]
+            if module._run_sync_via_new_loop == self._run_sync_draining:
+                module._run_sync_via_new_loop = original
+
+    def _unraisable(self, unraisable: Any) -> None:
+        value, obj = unraisable.exc_value, unraisable.object
+        closed_loop = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        code = getattr(obj.get_coro() if isinstance(obj, asyncio.Task) else obj, "cr_code", None)
+        ours = code is not None and code.co_filename.startswith(_NOISY_DIRS)
+        if not (closed_loop or ours or _noisy_traceback(unraisable.exc_traceback)):
+            self._saved.get("unraisablehook", sys.__unraisablehook__)(unraisable)
+
+    def _thread_exception(self, args: Any) -> None:
+        if not _noisy_traceback(args.exc_traceback):
+            self._saved.get("excepthook", threading.__excepthook__)(args)
+
+    def _run_sync_draining(self, coro: Any) -> Any:
+        """Orbax's ``_run_sync_via_new_loop`` (run ``coro`` in a new loop, no :func:`asyncio.run`: see its
+        docstring), closing the loop only once every task it started has finished."""
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(coro)
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                if pending:
+                    self.leftovers = True
+                    for task in pending:
+                        task.cancel()
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+
+_QUIET = _Quiet()
+
+
+def _quiet() -> _Quiet:
+    """The scope of one Orbax operation (see :class:`_Quiet`): ``with _quiet(): ...``."""
+    return _QUIET
 
 
 def _manager(directory: str, *, max_to_keep: int | None = None, best: bool = False,
@@ -183,16 +331,18 @@ def _json(meta: CheckpointMeta | Mapping[str, Any]) -> dict[str, Any]:
 
 def save_model(directory: str, variables: Any, meta: CheckpointMeta | Mapping[str, Any], step: int = 0,
                metrics: dict[str, float] | None = None, max_to_keep: int | None = None) -> None:
-    """Writes a model checkpoint (``variables``: every collection, plus ``meta`` as JSON), atomically."""
-    mngr = _manager(directory, max_to_keep=max_to_keep, best=metrics is not None)
+    """Writes a model checkpoint (``variables``: every collection, plus ``meta`` as JSON), atomically; a write
+    that finds no space is one ``OSError`` naming the step's directory (see :func:`full_disk_errno`)."""
     variables = as_variables(variables)
     record = dict(_json(meta), collections=sorted(variables))
-    try:
-        mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
-                                                 meta=ocp.args.JsonSave(record)), metrics=metrics, force=True)
-        mngr.wait_until_finished()
-    finally:
-        mngr.close()
+    with _quiet(), _writing(os.path.join(os.path.abspath(directory), str(step))):
+        mngr = _manager(directory, max_to_keep=max_to_keep, best=metrics is not None)
+        try:
+            mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(dict(variables)),
+                                                     meta=ocp.args.JsonSave(record)), metrics=metrics, force=True)
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -210,7 +360,8 @@ def saved_steps(directory: str) -> list[int]:
 def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
     """Finds which checkpoint ``path``/``step`` names: returns (manager directory, step, item kind).
 
-    ``path`` is a model checkpoint or a training workdir; ``step`` is 'best', 'latest' or a step number.
+    ``path`` is a model checkpoint or a training workdir; ``step`` is 'best', 'latest' or a step number
+    ('best' of a workdir is its ``best/`` only: CheckpointError before the first validation wrote one).
     Item kind is 'variables' (model checkpoint) or 'state' (training checkpoint).
     """
     if not os.path.isdir(path):
@@ -220,8 +371,12 @@ def resolve(path: str, step: str | int = "best") -> tuple[str, int, str]:
     train_dir, best_dir = os.path.join(path, CHECKPOINTS), os.path.join(path, BEST)
     if os.path.isdir(train_dir) or os.path.isdir(best_dir):  # a training workdir
         candidates = [(train_dir, "state"), (best_dir, "variables")]
-        if step == "best":
-            candidates.reverse()
+        if step == "best":  # only best/: the latest step is no stand-in for the best
+            best = saved_steps(best_dir)
+            if not best:
+                raise CheckpointError(f"{path}: no best model yet (training writes {BEST}/ at its first "
+                                      f"validation); use --step latest or a step number")
+            return best_dir, max(best), "variables"
         for directory, kind in candidates:
             steps = saved_steps(directory)
             if isinstance(step, int):
@@ -255,7 +410,7 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
             restored = mngr.restore(found, args=ocp.args.Composite(**{
                 kind: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
         except Exception as e:  # noqa: BLE001  (truncated or missing files, bad metadata: a damaged step)
-            raise CheckpointError(f"{os.path.join(directory, str(found))}: cannot be restored ({_first_line(e)}); "
+            raise CheckpointError(f"{os.path.join(directory, str(found))}: cannot be restored ({_reason(e)}); "
                                   f"it is damaged: pick another --step") from None
         finally:
             mngr.close()
@@ -269,21 +424,107 @@ def load_model(path: str, step: str | int = "best") -> tuple[dict[str, Any], dic
 
 def _state_target(abstract_state: Any, item_dir: str) -> tuple[Any, Callable[[Any], Any]]:
     """(restore target, restored -> TrainState) for the saved TrainState in ``item_dir``: the abstract state
-    itself, or for format 0 (saved without ``model_state``) its other fields, the model state then empty."""
+    itself, or for format 0 (saved without ``model_state``) its other fields, the model state then empty;
+    IncompatibleCheckpoint when the saved arrays are not the target's (:func:`_check_fits`)."""
     saved = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
     if "model_state" in saved or not hasattr(abstract_state, "model_state"):
+        _check_fits(abstract_state, saved)
         return abstract_state, lambda state: state
     if jax.tree.leaves(abstract_state.model_state):
         raise IncompatibleCheckpoint(f"saved without model state, but the model has "
                                      f"{', '.join(abstract_state.model_state)}")
     fields = {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state}
+    _check_fits(fields, saved)
     return fields, lambda restored: abstract_state.replace(model_state={}, **restored)
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line and 200 characters (Orbax messages can be pages)."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from (or while handling), outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not e for e in chain):
+        chain.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return chain
+
+
+_TENSORSTORE_DETAILS = re.compile(r"\s*See full TensorStore details:.*", re.DOTALL)
+_TENSORSTORE_LOCATION = re.compile(r' in \w+ database at local file "[^"]*"')
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for a failed Orbax operation: the innermost message of ``error``'s chain (Orbax wraps
+    TensorStore's error in one that carries the store's whole spec), its first line without TensorStore's
+    spec and file location, at most 200 characters."""
+    texts = [str(e).strip() for e in _chain(error)]
+    text = next((t for t in reversed(texts) if t), type(error).__name__)
+    text = _TENSORSTORE_LOCATION.sub("", _TENSORSTORE_DETAILS.sub("", text)).strip().splitlines()[0]
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def full_disk_errno(error: BaseException) -> int | None:
+    """ENOSPC, EFBIG or EDQUOT when ``error`` (or one it was raised from) says a write found the filesystem
+    full, the file size limit or the quota reached, else None. TensorStore reports these as ValueErrors
+    ('RESOURCE_EXHAUSTED: Error writing ...: No space left on device [os_error_code=28]')."""
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return e.errno
+        text = str(e)
+        code = _OS_ERROR_CODE.search(text)
+        if code and int(code.group(1)) in _FULL:
+            return int(code.group(1))
+        for number in _FULL:
+            if os.strerror(number) in text:
+                return number
+        if "RESOURCE_EXHAUSTED" in text and "writing" in text.lower():
+            return errno.ENOSPC
+    return None
+
+
+@contextlib.contextmanager
+def _writing(step_dir: str) -> Iterator[None]:
+    """Turns a failure to write the checkpoint ``step_dir`` that means no space (see :func:`full_disk_errno`)
+    into one ``OSError`` naming it, once its partial files (Orbax's ``<step>.orbax-checkpoint-tmp*``, never a
+    step) are removed; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        code = full_disk_errno(e)
+        if code is None:
+            raise
+        if jax.process_index() == 0:
+            for partial in glob.glob(glob.escape(step_dir) + ".orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        raise OSError(code, os.strerror(code), step_dir) from None
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    """The leaves of a tree by path ('opt_state/0/mu/backbone/conv1_1/kernel'), whatever its node types (a
+    TrainState, NamedTuples, or the nested dicts and lists of Orbax's metadata)."""
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+    return {"/".join(name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_fits(target: Any, saved: Any) -> None:
+    """IncompatibleCheckpoint (never damage) when the saved tree's arrays are not the restore target's: other
+    paths (a different optimiser, network or model state) or other shapes (another width or class count)."""
+    want, have = _leaves(target), _leaves(saved)
+    misfits = [f"{p} missing" for p in want if p not in have]
+    misfits += [f"{p} not in this run's state" for p in have if p not in want]
+    misfits += [f"{p} has shape {tuple(have[p].shape)}, this run's {tuple(want[p].shape)}" for p in want
+                if p in have and hasattr(have[p], "shape") and hasattr(want[p], "shape")
+                and tuple(have[p].shape) != tuple(want[p].shape)]
+    if misfits:
+        more = f" (and {len(misfits) - 2} more)" if len(misfits) > 2 else ""
+        raise IncompatibleCheckpoint(f"the saved train state does not fit this run's network and optimiser: "
+                                     f"{'; '.join(misfits[:2])}{more}")
 
 
 class TrainCheckpointer:
@@ -298,10 +539,35 @@ class TrainCheckpointer:
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.workdir = workdir
-        with _quiet():
+        self._pending: int | None = None  # the step of the asynchronous save not yet known to be on disk
+        self._failed = False  # a failed write was raised (a full disk): closing adds no second error
+        self._closed = False
+        _QUIET.__enter__()  # for the checkpointer's whole life: its asynchronous saves run in Orbax's threads
+        # left by close(), or when the checkpointer is collected unclosed (a caller that raised before closing)
+        self._leave_quiet = weakref.finalize(self, _QUIET.__exit__, None, None, None)
+        try:
             self._latest = _manager(os.path.join(workdir, CHECKPOINTS), max_to_keep=keep, async_save=async_save,
                                     read_only=read_only)
             self._best = _manager(os.path.join(workdir, BEST), max_to_keep=1, best=True, read_only=read_only)
+        except BaseException:
+            self._leave_quiet()
+            raise
+
+    def __enter__(self) -> TrainCheckpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _writing(self, directory: str, step: int) -> Iterator[None]:
+        """:func:`_writing` for ``step`` of the manager in ``directory``, recording that a failure was raised."""
+        try:
+            with _writing(os.path.join(directory, str(step))):
+                yield
+        except OSError:
+            self._failed = True
+            raise
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None for a fresh workdir."""
@@ -313,10 +579,17 @@ class TrainCheckpointer:
         return max(saved_steps(str(self._latest.directory)), default=None)
 
     def save(self, step: int, state: Any, meta: CheckpointMeta | Mapping[str, Any], data_state: dict[str, Any]) -> None:
-        """Saves the whole train state asynchronously (returns once the arrays are copied off device)."""
-        self._latest.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(_json(meta), step=step)),
-            data=ocp.args.JsonSave(data_state)), force=True)
+        """Saves the whole train state asynchronously (returns once the arrays are copied off device).
+
+        A write that finds no space, here or in the background (then raised by the next save, :meth:`wait`
+        or :meth:`close`), is one ``OSError`` (ENOSPC, EFBIG or EDQUOT) naming the step's directory; the
+        steps saved before it are intact and its partial files are removed."""
+        self.wait()  # Orbax waits for the previous save anyway: a failure there names that step
+        with self._writing(str(self._latest.directory), step):
+            self._latest.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(_json(meta), step=step)),
+                data=ocp.args.JsonSave(data_state)), force=True)
+        self._pending = step
 
     def save_best(self, step: int, variables: Any, meta: CheckpointMeta | Mapping[str, Any],
                   metrics: dict[str, float]) -> bool:
@@ -328,10 +601,11 @@ class TrainCheckpointer:
         variables = as_variables(variables)
         record = dict(_json(meta), step=step, metrics={k: float(v) for k, v in metrics.items()},
                       collections=sorted(variables))
-        self._best.save(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(record)),
-            metrics={k: float(v) for k, v in metrics.items()}, force=True)
-        self._best.wait_until_finished()
+        with self._writing(str(self._best.directory), step):
+            self._best.save(step, args=ocp.args.Composite(
+                variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(record)),
+                metrics={k: float(v) for k, v in metrics.items()}, force=True)
+            self._best.wait_until_finished()
         return True
 
     def best_metrics(self) -> dict[str, float] | None:
@@ -339,7 +613,11 @@ class TrainCheckpointer:
         step = self._best.best_step()
         if step is None:
             return None
-        meta = self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            meta = self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001  (Orbax, JSON and file errors alike mean: unreadable)
+            raise CheckpointError(f"{os.path.join(str(self._best.directory), str(step))}: cannot read its "
+                                  f"metadata ({_reason(e)}); move it aside to keep training") from None
         return meta.get("metrics")
 
     def meta(self, step: int) -> CheckpointMeta:
@@ -354,7 +632,7 @@ class TrainCheckpointer:
             raise IncompatibleCheckpoint(f"{self._step_dir(step)}: {e}") from None
         except Exception as e:  # noqa: BLE001  (Orbax, JSON and file errors alike mean: unreadable)
             raise CheckpointError(f"{self._step_dir(step)}: cannot read its metadata "
-                                  f"({_first_line(e)})") from None
+                                  f"({_reason(e)})") from None
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(str(self._latest.directory), str(step))
@@ -387,7 +665,7 @@ class TrainCheckpointer:
             except IncompatibleCheckpoint as e:  # readable, but not for this code: never set aside
                 raise IncompatibleCheckpoint(f"{self._step_dir(candidate)}: {e}") from None
             except Exception as e:  # noqa: BLE001  (any failure to read a step means it is damaged)
-                reason = _first_line(e)
+                reason = _reason(e)
                 if step is not None:
                     raise CheckpointError(f"{self._step_dir(candidate)}: cannot be restored ({reason})") from None
                 aside = self.set_aside(candidate)
@@ -410,10 +688,28 @@ class TrainCheckpointer:
         return target
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._latest.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk (OSError for one that found no space, see
+        :meth:`save`)."""
+        if self._pending is None:
+            self._latest.wait_until_finished()
+            return
+        with self._writing(str(self._latest.directory), self._pending):
+            self._latest.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self.wait()
-        self._latest.close()
-        self._best.close()
+        """Waits for the pending save and closes the managers (once; later calls do nothing). After a failed
+        write was raised (a full disk), closing is best effort and raises nothing more."""
+        if self._closed:
+            return
+        self._closed, reported, error = True, self._failed, None
+        try:
+            for step in (self.wait, self._latest.close, self._best.close):
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001  (each step is tried; the first new error is raised)
+                    error = error or e
+        finally:
+            self._leave_quiet()
+        if error is not None and not (reported and (isinstance(error, OSError) or full_disk_errno(error))):
+            raise error

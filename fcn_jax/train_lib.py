@@ -853,7 +853,11 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     param_labels(jax.eval_shape(lambda: init_variables(cfg, model)) if variables is None else variables,
                  cfg.model, cfg.trainable, cfg.frozen)
     checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
-    state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
+    try:
+        state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
+    except BaseException:  # e.g. a saved state that does not fit: refused, the checkpointer closed
+        checkpoints.close()
+        raise
     if start >= cfg.steps:  # closes the checkpoints; runs the final validation if it never completed
         return _finished(cfg, workdir, start, log, model=model, mesh=mesh, state=state, ds_meta=ds_meta,
                          eval_source=eval_source, checkpoints=checkpoints, progress=progress, lead=lead)
