@@ -20,31 +20,27 @@ Faults are quiet and named: a step that cannot be read is one CheckpointError wi
 resuming, one warning as it is set aside); a saved state that reads but does not fit the run is
 IncompatibleCheckpoint, never set aside; a write that finds the disk full is one ``OSError`` naming the step.
 Nothing of Orbax's own failure output (tracebacks of its threads, TensorStore callbacks into closed event
-loops, log records) reaches the console (:class:`_Quiet`).
+loops, log records) reaches the console (:mod:`fcn_jax.orbax_quiet`).
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
-import gc
 import glob
-import logging
 import os
 import re
 import shutil
-import sys
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from fcn_jax.config import ModelConfig, from_dict, to_dict
+from fcn_jax.orbax_quiet import QUIET as _QUIET  # Orbax's failure output kept off the console
+from fcn_jax.orbax_quiet import quiet as _quiet
 from fcn_jax.variables import as_variables, join
 
 CHECKPOINTS = "checkpoints"
@@ -59,150 +55,6 @@ class CheckpointError(ValueError):
 class IncompatibleCheckpoint(CheckpointError):
     """A checkpoint that reads but is not one this code can use (a newer meta version, a model state the
     network does not have): refused as it is, never set aside as damaged."""
-
-
-def _package_dir(name: str) -> str | None:
-    try:
-        module = __import__(name, fromlist=["__file__"])
-    except ImportError:
-        return None
-    return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
-
-
-# Orbax's and TensorStore's source trees: noise whose traceback or log record comes from here is theirs.
-_NOISY_DIRS = tuple(d for d in (_package_dir("orbax.checkpoint"), _package_dir("tensorstore")) if d)
-_ASYNCIO_NOISE = ("Task exception was never retrieved", "Future exception was never retrieved",
-                  "Task was destroyed but it is pending")
-
-
-def _noisy_traceback(tb: TracebackType | None) -> bool:
-    """Whether a traceback passes through Orbax or TensorStore."""
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith(_NOISY_DIRS):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-class _NoiseFilter(logging.Filter):
-    """Drops Orbax's own log records (on the ``absl`` logger: every failure is also raised to fcn-jax, which
-    reports it) and asyncio's reports of Orbax tasks whose exception nobody retrieved (on ``asyncio``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "absl":
-            return not record.pathname.startswith(_NOISY_DIRS)
-        if record.name == "asyncio" and record.getMessage().startswith(_ASYNCIO_NOISE):
-            from_orbax = "orbax" in record.getMessage() or "tensorstore" in record.getMessage()
-            return not (from_orbax or (record.exc_info is not None and _noisy_traceback(record.exc_info[2])))
-        return True
-
-
-class _Quiet:
-    """What keeps Orbax's I/O off the console, active while any fcn-jax Orbax call (or training checkpointer)
-    is under way; re-entrant and shared by threads (a count), everything restored when the last one leaves.
-
-    - Orbax runs each operation in a fresh asyncio event loop and closes it as soon as the first read or write
-      fails, with the operation's other TensorStore reads and writes still in flight: they later call back into
-      the closed loop ('RuntimeError: Event loop is closed' through ``sys.unraisablehook``), and their abandoned
-      coroutines and tasks are finalised with tracebacks pages long. While active, those loops are closed the
-      way :func:`asyncio.run` closes its own: the remaining tasks cancelled and awaited first, so nothing is
-      left in flight (the fix at the source).
-    - A safety net for what still escapes: Orbax's log records (absl) and asyncio's reports of its unretrieved
-      task exceptions are filtered; unraisable exceptions and thread exceptions raised from Orbax or TensorStore
-      (or 'Event loop is closed') are dropped; anything else reaches the hooks that were there before. Orbax's
-      routine notices (read-only managers, metadata) are among the records filtered.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._saved: dict[str, Any] = {}
-        self._filter = _NoiseFilter()
-        self.leftovers = False  # a drained loop had tasks in flight: collect their garbage before leaving
-
-    def __enter__(self) -> _Quiet:
-        with self._lock:
-            if self._depth == 0:
-                self._install()
-            self._depth += 1
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                if self.leftovers or exc_type is not None:
-                    gc.collect()  # abandoned coroutines are finalised now, while the hooks are in place
-                    self.leftovers = False
-                self._uninstall()
-
-    def _install(self) -> None:
-        self._saved = {"unraisablehook": sys.unraisablehook, "excepthook": threading.excepthook}
-        logging.getLogger("absl").addFilter(self._filter)
-        logging.getLogger("asyncio").addFilter(self._filter)
-        sys.unraisablehook = self._unraisable
-        threading.excepthook = self._thread_exception
-        try:
-            from orbax.checkpoint._src import asyncio_utils
-        except ImportError:  # a newer Orbax that moved it: the safety net above still holds
-            return
-        if callable(getattr(asyncio_utils, "_run_sync_via_new_loop", None)):
-            self._saved["run_sync"] = (asyncio_utils, asyncio_utils._run_sync_via_new_loop)
-            asyncio_utils._run_sync_via_new_loop = self._run_sync_draining
-
-    def _uninstall(self) -> None:
-        saved, self._saved = self._saved, {}
-        logging.getLogger("absl").removeFilter(self._filter)
-        logging.getLogger("asyncio").removeFilter(self._filter)
-        # restore a hook only if it is still ours (someone who replaced it meanwhile keeps theirs)
-        if sys.unraisablehook == self._unraisable:
-            sys.unraisablehook = saved.get("unraisablehook", sys.__unraisablehook__)
-        if threading.excepthook == self._thread_exception:
-            threading.excepthook = saved.get("excepthook", threading.__excepthook__)
-        if "run_sync" in saved:
-            module, original = saved["run_sync"]
-            if module._run_sync_via_new_loop == self._run_sync_draining:
-                module._run_sync_via_new_loop = original
-
-    def _unraisable(self, unraisable: Any) -> None:
-        value, obj = unraisable.exc_value, unraisable.object
-        closed_loop = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-        code = getattr(obj.get_coro() if isinstance(obj, asyncio.Task) else obj, "cr_code", None)
-        ours = code is not None and code.co_filename.startswith(_NOISY_DIRS)
-        if not (closed_loop or ours or _noisy_traceback(unraisable.exc_traceback)):
-            self._saved.get("unraisablehook", sys.__unraisablehook__)(unraisable)
-
-    def _thread_exception(self, args: Any) -> None:
-        if not _noisy_traceback(args.exc_traceback):
-            self._saved.get("excepthook", threading.__excepthook__)(args)
-
-    def _run_sync_draining(self, coro: Any) -> Any:
-        """Orbax's ``_run_sync_via_new_loop`` (run ``coro`` in a new loop, no :func:`asyncio.run`: see its
-        docstring), closing the loop only once every task it started has finished."""
-        loop = asyncio.new_event_loop()
-        try:
-            asyncio.set_event_loop(loop)
-            return loop.run_until_complete(coro)
-        finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                if pending:
-                    self.leftovers = True
-                    for task in pending:
-                        task.cancel()
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
-
-
-_QUIET = _Quiet()
-
-
-def _quiet() -> _Quiet:
-    """The scope of one Orbax operation (see :class:`_Quiet`): ``with _quiet(): ...``."""
-    return _QUIET
 
 
 def _manager(directory: str, *, max_to_keep: int | None = None, best: bool = False,
@@ -230,7 +82,9 @@ def _local_target(item_dir: str) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
 
 
-META_VERSION = 1  # 0: before the version was recorded (same fields, TrainState without model_state)
+# 0: before the version was recorded (same fields, TrainState without model_state); 1: the model contract
+# (collections, model_state); 2: ModelConfig.frozen_bn (older readers must refuse, not mistake it for damage).
+META_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +133,18 @@ class CheckpointMeta:
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> CheckpointMeta:
-        """Reads format 0 or 1; ValueError (or KeyError / TypeError) for a record that is neither."""
+        """Reads formats 0 to :data:`META_VERSION`; IncompatibleCheckpoint for a newer one or a model with
+        fields this fcn-jax does not know (written by a newer one); ValueError (or KeyError / TypeError) for a
+        damaged record."""
         version = check_version(record)
         colours = record.get("colours")
         step = record.get("step")
-        return cls(model=from_dict(ModelConfig, record["model"]), class_names=tuple(record["class_names"]),
+        model = record["model"]
+        unknown = sorted(set(model) - {f.name for f in dataclasses.fields(ModelConfig)}) if isinstance(model, dict) else []
+        if unknown:
+            raise IncompatibleCheckpoint(f"checkpoint model has fields this fcn-jax does not know ({', '.join(unknown)}); "
+                                         f"it was written by a newer fcn-jax: use that one")
+        return cls(model=from_dict(ModelConfig, model), class_names=tuple(record["class_names"]),
                    preprocessing=record["preprocessing"], step=None if step is None else int(step),
                    config=dict(record.get("config") or {}), metrics=record.get("metrics"),
                    colours=None if colours is None else tuple(tuple(int(v) for v in c) for c in colours),
@@ -449,6 +310,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 _TENSORSTORE_DETAILS = re.compile(r"\s*See full TensorStore details:.*", re.DOTALL)
 _TENSORSTORE_LOCATION = re.compile(r' in \w+ database at local file "[^"]*"')
+_TENSORSTORE_BRACKETS = re.compile(r"\s*\[(?:tensorstore_spec|source locations)=.*?\](?=\s|$)", re.DOTALL)
 
 
 def _reason(error: BaseException) -> str:
@@ -457,7 +319,8 @@ def _reason(error: BaseException) -> str:
     spec and file location, at most 200 characters."""
     texts = [str(e).strip() for e in _chain(error)]
     text = next((t for t in reversed(texts) if t), type(error).__name__)
-    text = _TENSORSTORE_LOCATION.sub("", _TENSORSTORE_DETAILS.sub("", text)).strip().splitlines()[0]
+    text = _TENSORSTORE_BRACKETS.sub("", _TENSORSTORE_DETAILS.sub("", text))
+    text = _TENSORSTORE_LOCATION.sub("", text).strip().splitlines()[0]
     return text if len(text) <= 200 else text[:197] + "..."
 
 

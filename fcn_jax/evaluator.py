@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import math
 import os
 import signal
@@ -151,11 +150,11 @@ class Pictures:
                             pred, self.class_names, self.colours, title)
             if self.out_dir is None:
                 self.panels.append(np.asarray(picture.convert("RGB")))
+                self.saved += 1
             else:
                 name = batch.names[row]
                 name = name.decode() if isinstance(name, bytes) else str(name)
-                self._save(key, name, colorize(pred, self.colours), picture)
-            self.saved += 1
+                self._save(key, name, colorize(pred, self.colours), picture)  # counts it once in place
         return self.saved < self.limit
 
     def _save(self, key: str, name: str, label: Any, picture: Any) -> None:
@@ -171,8 +170,11 @@ class Pictures:
                 stem = f"{base}_{k}"
             self._used.add(stem)
         targets = [os.path.join(self.out_dir, f"{stem}.png"), os.path.join(self.out_dir, f"{stem}_panel.png")]
-        record = None if self.manifest is None else functools.partial(self.manifest.add, key, targets,
-                                                                      stem=stem, name=name)
+        def record() -> None:
+            if self.manifest is not None:
+                self.manifest.add(key, targets, stem=stem, name=name)
+            self.saved += 1  # inside the group's commit: an interrupt never leaves it uncounted
+
         try:
             with atomic_group(targets, record) as temps:
                 label.save(temps[0], format="PNG")

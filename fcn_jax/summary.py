@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any
 
+from fcn_jax.io import append_json_line
 from fcn_jax.tensorboard import EventFileWriter
 
 
@@ -28,8 +29,7 @@ class SummaryWriter:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in scalars.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+        append_json_line(self.path, {"step": int(step), "time": time.time(), **values})  # whole lines only
         self._tb.scalars(step, values)
 
     def write_images(self, step: int, images: dict[str, Any]) -> None:

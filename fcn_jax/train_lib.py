@@ -5,6 +5,7 @@ Plain functions in the style of flax's examples: :func:`create_train_state`, :fu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -427,7 +428,7 @@ def _saved_config(checkpoints: ckpt_lib.TrainCheckpointer, step: int, workdir: s
         try:
             return dict(checkpoints.meta(step).config)
         except ckpt_lib.IncompatibleCheckpoint as e:  # readable but not usable here: refused, kept as it is
-            raise TrainingError(str(e)) from None
+            raise ConfigError(str(e)) from None
         except ckpt_lib.CheckpointError as e:
             aside = checkpoints.set_aside(step)
             log(f"warning: {e}; moved to {aside}, trying the previous one")
@@ -470,7 +471,7 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: RunLog, *, model: 
               state: TrainState, ds_meta: Any, eval_source: Any, checkpoints: ckpt_lib.TrainCheckpointer,
               progress: bool, lead: bool) -> dict[str, Any]:
     """The summary of a run that already reached ``cfg.steps`` (its state restored at ``step``): its last
-    validation scores, from its log; closes ``checkpoints``.
+    validation scores, from its log.
 
     A run whose validation at ``step`` never completed (a file that failed to read, a crash) runs it now,
     with the pieces it needs (the model, mesh, restored state, dataset meta and validation source), as a
@@ -483,14 +484,11 @@ def _finished(cfg: TrainConfig, workdir: str, step: int, log: RunLog, *, model: 
     first = scored[0].name if len(scored) > 1 else ""  # several scored outputs log 'val/<name>/mean_iu' each
     prefix = f"val/{first}/" if first else "val/"
     records = [r for r in read_metrics(path) if f"{prefix}mean_iu" in r] if os.path.exists(path) else []
-    try:
-        missing = _missing_validation(records, f"{prefix}mean_iu", step, checkpoints.best_metrics())
-        if missing is not None:
-            return _final_validation(cfg, workdir, step, log, missing, model=model, mesh=mesh, state=state,
-                                     ds_meta=ds_meta, eval_source=eval_source, checkpoints=checkpoints,
-                                     progress=progress, lead=lead)
-    finally:
-        checkpoints.close()
+    missing = _missing_validation(records, f"{prefix}mean_iu", step, checkpoints.best_metrics())
+    if missing is not None:
+        return _final_validation(cfg, workdir, step, log, missing, model=model, mesh=mesh, state=state,
+                                 ds_meta=ds_meta, eval_source=eval_source, checkpoints=checkpoints,
+                                 progress=progress, lead=lead)
     scores = {k[len("val/"):]: v for k, v in records[-1].items() if k.startswith("val/")} if records else {}
     if records and first:  # the first head's scores under the plain names too, as a validation returns them
         scores.update({k[len(prefix):]: v for k, v in records[-1].items() if k.startswith(prefix)})
@@ -852,33 +850,34 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     variables = _start_variables(cfg, model, log) if fresh else None
     param_labels(jax.eval_shape(lambda: init_variables(cfg, model)) if variables is None else variables,
                  cfg.model, cfg.trainable, cfg.frozen)
-    checkpoints = ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
-    try:
+    # everything opened from here on is closed by the stack, in reverse order, whatever happens
+    with contextlib.ExitStack() as stack:
+        checkpoints = stack.enter_context(ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints))
         state, data_state, start = _restore_or_init(cfg, model, workdir, mesh, checkpoints, variables, log)
-    except BaseException:  # e.g. a saved state that does not fit: refused, the checkpointer closed
-        checkpoints.close()
-        raise
-    if start >= cfg.steps:  # closes the checkpoints; runs the final validation if it never completed
-        return _finished(cfg, workdir, start, log, model=model, mesh=mesh, state=state, ds_meta=ds_meta,
-                         eval_source=eval_source, checkpoints=checkpoints, progress=progress, lead=lead)
-    if start:
-        log(f"resuming from step {start} in {workdir}")
-    log(format_config(cfg, "effective config"))
-    if lead:
-        _write_run(cfg, workdir, log, start)
-    meta = _checkpoint_meta(cfg, ds_meta, state)
-    step_fn = make_train_step(cfg, mesh, state.params)
-    writer = SummaryWriter(workdir, enabled=lead)
-    validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints, meta, writer,
-                          progress, lead, log)
-    scores: dict[str, float] = {}
-    interrupted: int | None = None  # the signal that stopped the run
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
-    log.bar = bar
-    window = _Window(cfg.batch_size, bar, writer)
-    # the iterator's threads start here: from now on everything runs inside the try that closes it
-    train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
-    try:
+        if start >= cfg.steps:  # runs the final validation if it never completed
+            return _finished(cfg, workdir, start, log, model=model, mesh=mesh, state=state, ds_meta=ds_meta,
+                             eval_source=eval_source, checkpoints=checkpoints, progress=progress, lead=lead)
+        if start:
+            log(f"resuming from step {start} in {workdir}")
+        log(format_config(cfg, "effective config"))
+        if lead:
+            _write_run(cfg, workdir, log, start)
+        meta = _checkpoint_meta(cfg, ds_meta, state)
+        step_fn = make_train_step(cfg, mesh, state.params)
+        writer = SummaryWriter(workdir, enabled=lead)
+        stack.callback(writer.close)
+        validate = _Validator(cfg, model, mesh, eval_source, ds_meta, batch_spec(cfg)[0], checkpoints, meta, writer,
+                              progress, lead, log)
+        scores: dict[str, float] = {}
+        interrupted: int | None = None  # the signal that stopped the run
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
+        stack.callback(bar.close)
+        log.bar = bar
+        stack.callback(setattr, log, "bar", None)
+        window = _Window(cfg.batch_size, bar, writer)
+        train_iter = pipeline.train_iterator(train_source, train_input, sharding=parallel.data_sharding(mesh))
+        if hasattr(train_iter, "close"):  # its threads
+            stack.callback(train_iter.close)
         if data_state is not None:
             _restore_data_position(cfg, train_iter, data_state, len(train_source), log)
         with _StopRequest() as stop:
@@ -905,13 +904,6 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
                     _confirm_saved(checkpoints, step, requested, workdir, log)
                     interrupted = requested
                     break
-    finally:
-        log.bar = None
-        bar.close()
-        checkpoints.close()
-        writer.close()
-        if hasattr(train_iter, "close"):
-            train_iter.close()
     if lead and os.path.exists(writer.path) and interrupted is None:
         plot_learning_curves(writer.path, os.path.join(workdir, "learning_curves.png"))
     return {"step": int(state.step), "scores": scores, "interrupted": interrupted is not None,

@@ -107,20 +107,39 @@ def test_a_newer_meta_version_is_refused_not_set_aside(tmp_path):
     shutil.copytree(WORKDIR, workdir)
     for step in ("2", "4"):
         path = workdir / "checkpoints" / step / "meta" / "metadata"
-        path.write_text(json.dumps(dict(json.loads(path.read_text()), version=2)))
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), version=checkpoint.META_VERSION + 1)))
     with open(os.path.join(WORKDIR, "config.json")) as f:
         cfg = from_dict(TrainConfig, json.load(f))
     checkpoints = checkpoint.TrainCheckpointer(str(workdir), keep=2)
     try:
-        with pytest.raises(checkpoint.IncompatibleCheckpoint, match="meta version 2 is newer"):
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match=f"meta version {checkpoint.META_VERSION + 1} is newer"):
             checkpoints.restore(train_lib.abstract_state(cfg, cfg.model.build(), fcn_jax.parallel.make_mesh()))
-        with pytest.raises(checkpoint.IncompatibleCheckpoint, match="meta version 2 is newer"):
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match=f"meta version {checkpoint.META_VERSION + 1} is newer"):
             checkpoints.meta(4)
     finally:
         checkpoints.close()
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]  # nothing set aside
-    with pytest.raises(fcn_jax.loading.LoadError, match="meta version 2 is newer"):
+    with pytest.raises(fcn_jax.loading.LoadError, match=f"meta version {checkpoint.META_VERSION + 1} is newer"):
         fcn_jax.load_model(str(workdir), step="latest")
     with pytest.raises(ValueError, match="version are CheckpointMeta fields"):
         checkpoint.model_meta(cfg.model, ["c"] * 7, "caffe", source="x", **{"collections": ("params",),
                                                                            "version": 9, "step": 3})
+
+
+def test_a_model_field_from_a_newer_fcn_jax_is_refused_not_set_aside(tmp_path):
+    """A model config field this fcn-jax does not know (a newer one wrote it, under any version number) is
+    refused as incompatible; earlier code renamed every step to <step>.damaged for it."""
+    workdir = tmp_path / "workdir"
+    shutil.copytree(WORKDIR, workdir)
+    for step in ("2", "4"):
+        path = workdir / "checkpoints" / step / "meta" / "metadata"
+        record = json.loads(path.read_text())
+        record["model"]["from_the_future"] = True
+        path.write_text(json.dumps(record))
+    checkpoints = checkpoint.TrainCheckpointer(str(workdir), keep=2)
+    try:
+        with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"fields this fcn-jax does not know \(from_the_future\)"):
+            checkpoints.meta(4)
+    finally:
+        checkpoints.close()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

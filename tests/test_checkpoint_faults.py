@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpoint, data
+from fcn_jax import checkpoint, data, orbax_quiet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TINY of issue 24 on the small shapes config (validation of 16 scenes instead of 200), validating at each
@@ -194,8 +194,11 @@ def test_a_full_disk_during_training_is_one_line_and_exit_1(trained, data_dir, t
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
         expected = os.strerror(errno.ENOSPC if mounted else errno.EFBIG)
         found = re.fullmatch(rf"train\.py: error: {re.escape(str(workdir))}/(checkpoints|best)/(\d+): "
-                             rf"{expected} \(checkpoints saved before it are intact\)", lines[0])
+                             rf"{expected} \((.*)\)", lines[0])
         assert found, lines[0]
+        saved = checkpoint.saved_steps(str(workdir / checkpoint.CHECKPOINTS))
+        assert found.group(3) == (f"the checkpoints saved before it are intact, the latest step {max(saved)}; run "
+                                  f"again to resume" if saved else "no checkpoint was saved yet"), lines[0]
         for kind in (checkpoint.CHECKPOINTS, checkpoint.BEST):  # no partial step left behind
             assert all(name.isdigit() for name in os.listdir(workdir / kind)), os.listdir(workdir / kind)
         saved = checkpoint.saved_steps(str(workdir / checkpoint.CHECKPOINTS))
@@ -235,7 +238,7 @@ def test_a_failed_orbax_operation_leaves_nothing_in_flight():
         await asyncio.gather(read(), damaged())
 
     hooks = (sys.unraisablehook, threading.excepthook, asyncio_utils._run_sync_via_new_loop)
-    with checkpoint._quiet(), pytest.raises(ValueError, match="damaged"):
+    with orbax_quiet.quiet(), pytest.raises(ValueError, match="damaged"):
         asyncio_utils.run_sync(operation())
     assert finished == ["read"]  # cancelled and awaited before the loop closed
     assert (sys.unraisablehook, threading.excepthook, asyncio_utils._run_sync_via_new_loop) == hooks

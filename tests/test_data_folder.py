@@ -620,6 +620,12 @@ def test_binary_masks_of_more_than_two_values_are_refused(tmp_path):
         mask = np.array([[values[0], values[1]], [values[1], values[0]]], np.uint8)
         save_mask(tmp_path / "ok.png", mask, "gray")
         np.testing.assert_array_equal(folder.read_mask(tmp_path / "ok.png", binary=True), mask != 0)
+    soft = np.zeros((8, 8), np.uint8)  # a soft-edged 0/255 foreground: anti-aliased values between
+    soft[2:6, 2:6], soft[1, 2:6], soft[6, 2:6], soft[2:6, 1] = 255, 128, 64, 3
+    save_mask(tmp_path / "soft.png", soft, "gray")
+    np.testing.assert_array_equal(folder.read_mask(tmp_path / "soft.png", binary=True), soft != 0)
+    save_mask(tmp_path / "void.png", np.array([[0, 1], [255, 1]], np.uint8), "gray")  # class 1 and void 255
+    one_line_error(lambda: folder.read_mask(tmp_path / "void.png", binary=True), "mask holds 3 values (0, 1, 255)")
     write_flat(tmp_path / "d", 4, num_classes=3, encoding="gray")
     one_line_error(lambda: folder.FolderDataset(tmp_path / "d", binary=True, progress=False),
                    "mask holds 4 values (0, 1, 2, 255)")  # 255 is not void in binary masks

@@ -206,3 +206,21 @@ def test_is_full_disk():
     assert io.is_full_disk(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert not io.is_full_disk(PermissionError(errno.EACCES, "Permission denied")) and not io.is_full_disk(ValueError())
     assert io.error_text(OSError(errno.ENOSPC, "No space left on device", "/x/y.png")) == "No space left on device"
+
+
+def test_a_full_disk_anywhere_in_a_tool_is_one_line_and_exit_1(capsys):
+    """Any tool (convert, score, ...) that meets a full disk, a quota or a file size limit says so in one
+    line with exit code 1; other OS errors are bugs and keep their traceback."""
+    import errno
+
+    from fcn_jax.cli import user_errors
+
+    @user_errors("tool.py")
+    def main(code):
+        raise OSError(code, os.strerror(code), "/out/model/params")
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        assert main(code) == 1
+        assert capsys.readouterr().err.splitlines() == [f"tool.py: error: /out/model/params: {os.strerror(code)}"]
+    with pytest.raises(PermissionError):
+        main(errno.EACCES)

@@ -42,8 +42,8 @@ def user_errors(prog: str, interrupted: str = "stopped") -> Callable[[Callable[.
     """Decorates a ``main`` so that expected errors become one line on stderr and exit code 2.
 
     ValueError (config, data, weights and checkpoint errors derive from it), FileNotFoundError and
-    ImportError (a missing optional dependency) are the user's to fix; anything else is a bug and
-    keeps its traceback. Ctrl-C and SIGTERM (which the training loop handles itself while it runs)
+    ImportError (a missing optional dependency) are the user's to fix; a full disk (ENOSPC, EDQUOT,
+    EFBIG) is one line with exit code 1; anything else is a bug and keeps its traceback. Ctrl-C and SIGTERM (which the training loop handles itself while it runs)
     become one line ``PROG: interrupted by SIGINT; <interrupted>`` and exit code 130 / 143.
     """
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
@@ -59,6 +59,11 @@ def user_errors(prog: str, interrupted: str = "stopped") -> Callable[[Callable[.
             except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
                 text = str(e).strip().splitlines()
                 return fail(prog, text[0] if text else type(e).__name__)
+            except OSError as e:  # a full disk (or quota, file size limit) anywhere: the machine's, exit 1
+                from fcn_jax.io import error_text, is_full_disk
+                if not is_full_disk(e):
+                    raise
+                return fail(prog, f"{e.filename or 'output'}: {error_text(e)}", code=1)
             except KeyboardInterrupt as e:
                 signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
                 sys.stdout.flush()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import signal
 import sys
@@ -204,8 +203,11 @@ def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, pr
         stem = entry["stem"] if entry is not None and isinstance(entry.get("stem"), str) else _unique_stem(path, used)
         base = os.path.join(out_dir, stem)
         targets = [f"{base}.png", f"{base}_overlay.png"] + [f"{base}_probs.npy"] * len(arrays)
-        record = None if manifest is None else functools.partial(manifest.add, key, targets, stem=stem,
-                                                                 input=os.path.abspath(path))
+        def record(key: str = key, targets: list[str] = targets, stem: str = stem) -> None:
+            if manifest is not None:
+                manifest.add(key, targets, stem=stem, input=os.path.abspath(path))
+            progress.complete += 1  # inside the group's commit: an interrupt never leaves it uncounted
+
         try:
             with atomic_group(targets, record) as temps:
                 for picture, tmp in zip(pictures, temps):
@@ -217,7 +219,6 @@ def predict_files(segment: Inference, inputs: Sequence[str], out_dir: str, *, pr
                 if is_full_disk(e) else "; run the same command again to continue"
             raise WriteError(f"--out {out_dir}: {error_text(e)}; {progress.complete} of {progress.total} images' "
                              f"results are complete there{again}") from e
-        progress.complete += 1
         present = ", ".join(names[c] for c in np.unique(label))
         print(f"{path} -> {base}.png ({image.shape[1]}x{image.shape[0]}: {present})")
     return progress.failed

@@ -154,6 +154,18 @@ def check_workdir(workdir: str) -> None:
         raise cli.UsageError(f"--workdir {workdir}: {existing} is not writable")
 
 
+def _kept(workdir: str) -> str:
+    """What survives a failed write in ``workdir``: the checkpoints on disk, read back."""
+    from fcn_jax import checkpoint
+    try:
+        steps = checkpoint.saved_steps(os.path.join(workdir, checkpoint.CHECKPOINTS))
+    except Exception:  # noqa: BLE001  (reading them back failed too: claim nothing)
+        return "the checkpoints could not be read back"
+    if not steps:
+        return "no checkpoint was saved yet"
+    return f"the checkpoints saved before it are intact, the latest step {max(steps)}; run again to resume"
+
+
 @cli.user_errors("train.py", interrupted="checkpoints already on disk are kept; run again to resume")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -178,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingError as e:
         return cli.fail("train.py", str(e), code=1)
     except OSError as e:  # a full disk, a read-only or vanished directory: the environment, not a bug
-        where = e.filename or workdir
-        return cli.fail("train.py", f"{where}: {e.strerror or e} (checkpoints saved before it are intact)", code=1)
+        return cli.fail("train.py", f"{e.filename or workdir}: {e.strerror or e} ({_kept(workdir)})", code=1)
     if summary["interrupted"]:  # saved and said so; the exit code tells the shell it was a signal
         return cli.interrupted_code(summary["signal"])
     if not summary.get("finished_before"):  # a finished run said so, with its scores

@@ -298,11 +298,23 @@ def _colour_labels(rgb: np.ndarray, path: str, options: MaskOptions) -> np.ndarr
     return labels[slot]
 
 
+CLASS_LIKE_VALUES = 32  # binary masks: non-zero values all below this look like class indices
+CLASS_LIKE_COLOURS = 16  # binary colour masks: this many distinct colours or fewer look like classes
+
+
 def _check_binary(keys: np.ndarray, pixels: np.ndarray, path: str, what: str) -> None:
-    """DataError unless ``keys`` (H, W) hold 0 and at most one other value (``pixels``: the value or colour
-    of each pixel, shown in the message); two non-zero values would become one class."""
-    nonzero = keys[keys != 0]
-    if not nonzero.size or not (nonzero != nonzero[0]).any():
+    """DataError when ``keys`` (H, W) look like several classes that binary reading would merge into class 1:
+    non-zero values that are all class-index-like (below :data:`CLASS_LIKE_VALUES`, e.g. 0, 1, 2; 255 aside,
+    the usual void value: 0, 1, 255 is refused too) or, for
+    colours, 2 to :data:`CLASS_LIKE_COLOURS` distinct non-black colours. Soft-edged foreground masks (0 and
+    255 with anti-aliased values between, or a colour with its blends) stay binary. ``pixels``: the value or
+    colour of each pixel, shown in the message."""
+    nonzero = np.unique(keys[keys != 0])
+    if nonzero.size < 2:
+        return
+    if what == "values" and (nonzero[nonzero != 255] >= CLASS_LIKE_VALUES).any():
+        return
+    if what != "values" and nonzero.size > CLASS_LIKE_COLOURS:
         return
     found = np.unique(keys)
     shown = [pixels[_first_pixel(keys == k)[::-1]] for k in found[:_SHOWN]]

@@ -34,7 +34,10 @@ def _read_dataset_record(path: str, log: Callable[[str], None]) -> dict[str, Any
             raise ValueError("expected an object with a list of runs")
         return {"runs": record["runs"], "files": dict(record.get("files", {}))}
     except (OSError, ValueError) as e:
-        aside = path + ".damaged"
+        aside, k = path + ".damaged", 1
+        while os.path.exists(aside):  # an earlier one is kept too
+            k += 1
+            aside = f"{path}.damaged{k}"
         os.replace(path, aside)
         log(f"warning: {path}: cannot be read ({e}); moved to {aside}, a new record of the dataset starts")
         return {"runs": [], "files": {}}

@@ -159,13 +159,17 @@ def export_folder(name: str, out_dir: str | os.PathLike, data_dir: str | os.Path
                     image = Image.fromarray(np.asarray(example["image"], np.uint8))
                     mask = colorize(np.asarray(example["segmentation"]))
                     targets = [os.path.join(images, f"{stem}.{image_format}"), os.path.join(masks, f"{stem}.png")]
-                    with atomic_group(targets, lambda: manifest.add(key, targets, stem=stem)) as temps:
+                    def record(key: str = key, targets: list[str] = targets, stem: str = stem) -> None:
+                        nonlocal done
+                        manifest.add(key, targets, stem=stem)
+                        done += 1  # inside the group's commit: an interrupt never leaves it uncounted
+
+                    with atomic_group(targets, record) as temps:
                         if image_format == "jpg":
                             image.save(temps[0], format="JPEG", quality=JPEG_QUALITY, subsampling=0)
                         else:
                             image.save(temps[0], format="PNG")
                         mask.save(temps[1], format="PNG")
-                    done += 1
                     bar.update(1)
         for folder in folders:  # a split with no example still gets its (empty) folders
             for kind in ("images", "masks"):
