@@ -133,6 +133,15 @@ def _collection_path(path: tuple[str, ...]) -> str:
     return "/".join(path[1:] if path[0] == PARAMS else path)
 
 
+def file_arrays(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables :func:`fcn_jax.weights.load` read from the file: those it filled with the model's
+    initialisation (``meta['initialised']``: a backbone file's heads, an aux head the file lacks) left out,
+    so that :func:`transfer` keeps the target's own and reports them re-initialised."""
+    drop = set(meta.get("initialised", ()))
+    flat = traverse_util.flatten_dict(as_variables(variables))
+    return traverse_util.unflatten_dict({p: v for p, v in flat.items() if _collection_path(p) not in drop})
+
+
 def transfer(target: Mapping[str, Any], source: Mapping[str, Any], *, keep: Sequence[str] = (),
              dont_load: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """Copies every array of ``source`` whose path and shape exist in ``target``, except the top-level layers
@@ -233,6 +242,7 @@ def _init_streams(target: ModelConfig, variables: Mapping[str, Any], streams: Ma
         if os.path.isfile(path):  # the stream's own net is the single-input FCN-32s
             loaded, meta = weights.load(path, width=target.width, default_variant="fcn32s",
                                         default_classes=target.num_classes)
+            loaded = file_arrays(loaded, meta)
             info = _info(path, meta, None)
         else:
             loaded, info = load(path, step=step, width=target.width)
@@ -272,6 +282,7 @@ def init_variables(target: ModelConfig, variables: Mapping[str, Any], path: str 
     if os.path.isfile(path):  # a VGG16 file builds the target's head; an FCN file records its own
         source, meta = weights.load(path, width=target.width, default_variant=target.variant,
                                     default_classes=target.num_classes)
+        source = file_arrays(source, meta)
         info = _info(path, meta, None)
     else:
         source, info = load(path, step=step, width=target.width)

@@ -12,6 +12,10 @@ Formats, told apart by their key names whatever the container:
   C,H,W order, ``classifier.3.weight`` (4096, 4096); ``classifier.6`` (the 1000 ImageNet classes) is ignored.
 - ``vgg16-keras``: ``vgg16_weights_tf_dim_ordering_tf_kernels.h5``: ``block{b}_conv{i}`` kernels (3, 3, I, O)
   and biases, ``fc1`` (25088, 4096) flattened in H,W,C order, ``fc2`` (4096, 4096); ``predictions`` ignored.
+- The BatchNorm FCNs' (tables in :mod:`fcn_jax.weights_bn`, variables with ``batch_stats``): ``vgg11bn-seed``
+  and ``vgg11bn-seed-classifier`` (seed 002's VGG11-BN segmentation / classification state dicts),
+  ``vgg11bn-torchvision`` (ImageNet ``vgg11_bn``), ``fcn-resnet-torchvision`` (``fcn_resnet50/101``) and
+  ``resnet-torchvision`` (ImageNet ``resnet50/101``); preprocessing 'torchvision'.
 
 Containers: ``.pth`` / ``.pt`` (``torch.load``; needs torch), ``.npz`` and ``.safetensors`` (the same key
 names and PyTorch / Keras layouts as the source, so no torch is needed), ``.h5`` / ``.hdf5`` (Keras
@@ -53,7 +57,14 @@ FCN_FORMAT = "fcn"
 VGG16_TORCH = "vgg16-torch"
 VGG16_KERAS = "vgg16-keras"
 BACKBONE_FORMAT = "imagenet-backbone"  # a backbone's own parameter paths ('backbone/conv1/kernel'), HWIO
-FORMATS = (FCN_FORMAT, VGG16_TORCH, VGG16_KERAS, BACKBONE_FORMAT)
+# The BatchNorm families' formats (their tables: fcn_jax.weights_bn).
+SEED_SEGMENTATION = "vgg11bn-seed"  # seed 002's VGG11Segmentation state dict
+SEED_CLASSIFIER = "vgg11bn-seed-classifier"  # seed 002's VGG11Classification (fc_out -> the 1x1 conv_out)
+VGG11BN_TORCHVISION = "vgg11bn-torchvision"  # torchvision's ImageNet vgg11_bn
+FCN_RESNET_TORCHVISION = "fcn-resnet-torchvision"  # torchvision's fcn_resnet50/101 (COCO)
+RESNET_TORCHVISION = "resnet-torchvision"  # torchvision's ImageNet resnet50/101
+BN_FORMATS = (SEED_SEGMENTATION, SEED_CLASSIFIER, VGG11BN_TORCHVISION, FCN_RESNET_TORCHVISION, RESNET_TORCHVISION)
+FORMATS = (FCN_FORMAT, VGG16_TORCH, VGG16_KERAS, BACKBONE_FORMAT) + BN_FORMATS
 # ImageNet .caffemodels of the other backbones: a layer only that net has -> the backbone whose module
 # (fcn_jax.models.backbones.<name>) converts its blobs with ``caffe_imagenet_params``.
 IMAGENET_CAFFE_SIGNATURES = (("conv1/7x7_s2", "googlenet"), ("conv1", "alexnet"))
@@ -70,6 +81,7 @@ SUFFIXES = TORCH_SUFFIXES + NPZ_SUFFIXES + SAFETENSORS_SUFFIXES + H5_SUFFIXES + 
 NPZ_PREPROCESSING_KEY = "__preprocessing__"
 SAFETENSORS_PREPROCESSING_KEY = "preprocessing"
 
+SHOWN_SHAPES = 8  # shape errors named in full; the count of the rest follows
 FC6_SIZE = 7  # fc6 sees a 7x7 patch of pool5
 VGG16_DEFAULT_CLASSES = 21  # a VGG16 file has no FCN head: PASCAL VOC unless told otherwise
 CONVS = tuple(f"conv{b}_{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
@@ -181,9 +193,16 @@ def _table(fmt: str, param_shapes: Mapping[Path, tuple[int, ...]], spec: Variant
 def param_shapes(variant: str, num_classes: int, width: float = 1.0) -> dict[Path, tuple[int, ...]]:
     """Shapes of the model's parameters by path (``('backbone', 'fc6', 'kernel')`` ...), without
     computing anything (``jax.eval_shape`` of the init)."""
+    return {path[1:]: shape for path, shape in variable_shapes(variant, num_classes, width).items()
+            if path[0] == "params"}
+
+
+def variable_shapes(variant: str, num_classes: int, width: float = 1.0) -> dict[Path, tuple[int, ...]]:
+    """Shapes of all the model's variables by path, collection first (``('params', 'backbone', 'conv1',
+    'kernel')``, ``('batch_stats', 'backbone', 'bn1', 'mean')``), without computing anything."""
     model = _config(variant, num_classes, width).build()
     shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(input_shape(variant), jnp.float32))
-    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes["params"]).items()}
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()}
 
 
 def _config(variant: str, num_classes: int, width: float) -> ModelConfig:
@@ -404,10 +423,15 @@ def read_tensors(path: str, width: float = 1.0) -> tuple[dict[str, np.ndarray], 
 
 
 def detect_format(keys: Any, path: str = "weights") -> str:
-    """The format (``'fcn'``, ``'vgg16-torch'`` or ``'vgg16-keras'``) whose key names ``keys`` has."""
+    """The format (one of :data:`FORMATS`: ``'fcn'``, ``'vgg16-torch'``, ``'vgg16-keras'``, the BatchNorm
+    families' of :mod:`fcn_jax.weights_bn` ...) whose key names ``keys`` has."""
+    from fcn_jax import weights_bn
     keys = set(keys)
     if keys and all(key.startswith("backbone/") for key in keys):
         return BACKBONE_FORMAT
+    bn = weights_bn.detect(keys)
+    if bn is not None:
+        return bn
     for fmt, signature in SIGNATURES:
         if signature in keys:
             return fmt
@@ -415,8 +439,10 @@ def detect_format(keys: Any, path: str = "weights") -> str:
         return FCN_FORMAT
     found = ", ".join(sorted(keys)[:6]) or "no arrays"
     raise WeightsError(f"{path}: unrecognised weights: expected pytorch-fcn keys (conv1_1.weight, ...), "
-                       f"torchvision VGG16 keys (features.0.weight, ...) or Keras VGG16 layers "
-                       f"(block1_conv1, ...); found {found}")
+                       f"torchvision VGG16 keys (features.0.weight, ...), Keras VGG16 layers "
+                       f"(block1_conv1, ...), seed 002's VGG11-BN (backbone.conv1.weight, ...), torchvision's "
+                       f"vgg11_bn (features.1.running_mean, ...), fcn_resnet50/101 (backbone.layer1.0.conv1.weight, "
+                       f"...) or resnet50/101 (layer1.0.conv1.weight, ...); found {found}")
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -472,6 +498,9 @@ def _detect_convention(fmt: str, path: str, file_meta: Mapping[str, str], varian
             return check_convention(file_meta["preprocessing"]), "file metadata"
         except ValueError as e:
             raise WeightsError(f"{path}: recorded preprocessing: {e}") from None
+    if fmt in BN_FORMATS:
+        from fcn_jax.weights_bn import CONVENTION_REASONS
+        return TORCHVISION, CONVENTION_REASONS[fmt]
     if os.path.splitext(path)[1].lower() in CAFFE_SUFFIXES:
         from fcn_jax.models import zoo
         model = zoo.match(variant, num_classes) if fmt == FCN_FORMAT and variant and num_classes else None
@@ -496,10 +525,25 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _init_subset(model: Any, paths: list[Path]) -> dict[Path, np.ndarray]:
-    """The model's own initial values of ``paths`` only (jit drops the forward pass and the rest)."""
+def _init_subset(config: ModelConfig, paths: list[Path]) -> dict[Path, np.ndarray]:
+    """The model's own initial values of the parameters at ``paths`` only."""
+    values = init_values(config, [("params",) + p for p in paths])
+    return {p[1:]: v for p, v in values.items()}
+
+
+def init_values(config: ModelConfig, paths: list[Path]) -> dict[Path, np.ndarray]:
+    """The initial values (rng ``key(0)``) of ``config``'s model's variables at ``paths`` (``('params',
+    'conv_out', 'kernel')``, ``('batch_stats', ...)``) only, as fresh NumPy arrays."""
+    return {p: np.array(v) for p, v in _initial_values(config, tuple(paths)).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _initial_values(config: ModelConfig, paths: tuple[Path, ...]) -> dict[Path, np.ndarray]:
+    """:func:`init_values`, compiled once per model and paths (jit drops the forward pass and the rest)."""
+    model = config.build()
+
     def init(rng: jax.Array) -> dict[str, jax.Array]:
-        flat = traverse_util.flatten_dict(model.init(rng, jnp.zeros(input_shape(model.variant), jnp.float32))["params"])
+        flat = traverse_util.flatten_dict(dict(model.init(rng, jnp.zeros(input_shape(model.variant), jnp.float32))))
         return {"/".join(p): flat[p] for p in paths}
     values = jax.jit(init)(jax.random.key(0))
     return {p: np.asarray(values["/".join(p)]) for p in paths}
@@ -538,22 +582,38 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
     shapes = param_shapes(variant, num_classes, width)
     if fmt in (VGG16_TORCH, VGG16_KERAS) and (spec.in_channels != 3 or len(spec.streams) > 1):
         flat = _adapted_backbone(tensors, fmt, spec, variant, num_classes, width, path)
-        flat.update(_init_subset(config.build(), [p for p in shapes if p not in flat]))
+        flat.update(_init_subset(config, [p for p in shapes if p not in flat]))
         return traverse_util.unflatten_dict(flat)
     table = _table(fmt, shapes, spec)
+    what = f"{variant} ({num_classes} classes, width {width:g})"
+
+    def hint() -> str:
+        if fmt != FCN_FORMAT:
+            return ""
+        actual = _fcn_variant_of(set(tensors), path)
+        return f"; the file looks like {actual}" if actual and actual != variant else ""
+    flat = table_arrays(tensors, table, shapes, fmt, what, path, ignored=IGNORED[fmt], hint=hint)
+    rest = [p for p in shapes if p not in flat]
+    if rest:
+        flat.update(_init_subset(config, rest))
+    return traverse_util.unflatten_dict(flat)
+
+
+def table_arrays(tensors: Mapping[str, Any], table: list[Entry], shapes: Mapping[Path, tuple[int, ...]], fmt: str,
+                 what: str, path: str, *, ignored: Any = (), hint: Callable[[], str] | None = None
+                 ) -> dict[Path, np.ndarray]:
+    """The arrays of ``table`` (source key -> target path in ``shapes``, the target shapes) from ``tensors``,
+    in the target layout (float32 NumPy). Raises :class:`WeightsError` for keys the table needs that the file
+    lacks and keys it has that neither the table nor ``ignored`` names (``hint()`` appended), non-float or
+    non-finite arrays and shapes other than the target needs (each naming the keys; ``what`` is the model)."""
     keys, wanted = set(tensors), {e.key for e in table}
     name = functools.partial(source_name, path=path)
     missing = sorted(map(name, wanted - keys))
-    unexpected = sorted(map(name, keys - wanted - set(IGNORED[fmt])))
-    what = f"{variant} ({num_classes} classes, width {width:g})"
+    unexpected = sorted(map(name, keys - wanted - set(ignored)))
     if missing or unexpected:
-        hint = ""
-        if fmt == FCN_FORMAT:
-            actual = _fcn_variant_of(keys, path)
-            hint = f"; the file looks like {actual}" if actual and actual != variant else ""
         parts = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
             [f"unexpected keys {', '.join(unexpected)}"] if unexpected else [])
-        raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(parts)}{hint}")
+        raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(parts)}{hint() if hint else ''}")
     not_float = [f"{name(e.key)} is {np.asarray(tensors[e.key]).dtype}" for e in table
                  if not jnp.issubdtype(np.asarray(tensors[e.key]).dtype, jnp.floating)]
     if not_float:
@@ -564,33 +624,36 @@ def params_from_tensors(tensors: Mapping[str, Any], fmt: str, variant: str, num_
         if tuple(tensors[e.key].shape) != expected:
             bad.append(f"{name(e.key)} has shape {_shape(tensors[e.key].shape)}, expected {_shape(expected)}")
     if bad:
-        raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(bad)}")
+        more = [f"and {len(bad) - SHOWN_SHAPES} more arrays of other shapes"] if len(bad) > SHOWN_SHAPES else []
+        raise WeightsError(f"{path}: {fmt} weights do not fit {what}: {'; '.join(bad[:SHOWN_SHAPES] + more)}")
     broken = [f"{name(e.key)} ({int(np.size(t) - np.isfinite(t).sum())} of {np.size(t)} values)" for e in table
               if not np.isfinite(t := np.asarray(tensors[e.key], np.float32)).all()]
     if broken:
         raise WeightsError(f"{path}: non-finite values (NaN or inf) in {', '.join(broken)}")
-    flat = {e.path: np.ascontiguousarray(e.transform.to_param(np.asarray(tensors[e.key])), np.float32)
+    return {e.path: np.ascontiguousarray(e.transform.to_param(np.asarray(tensors[e.key])), np.float32)
             for e in table}
-    rest = [p for p in shapes if p not in flat]
-    if rest:
-        flat.update(_init_subset(config.build(), rest))
-    return traverse_util.unflatten_dict(flat)
 
 
 def load(path: str, variant: str | None = None, num_classes: int | None = None, *, width: float = 1.0,
          convention: str | None = None, default_variant: str | None = None,
          default_classes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A weights file -> (variables ``{'params': tree}`` (float32 NumPy, HWIO kernels), meta) for an FCN.
+    """A weights file -> (variables (float32 NumPy, HWIO kernels), meta) for an FCN: ``{'params': tree}``, and
+    for the BatchNorm formats of :mod:`fcn_jax.weights_bn` also ``'batch_stats'`` (the running statistics).
 
-    ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5) or a Caffe
-    .caffemodel (a reference FCN or the ImageNet VGG16).
+    ``path``: a pytorch-fcn / torchvision / Keras weights file (.pth, .pt, .npz, .safetensors, .h5), a Caffe
+    .caffemodel (a reference FCN or the ImageNet VGG16), seed 002's VGG11-BN segmentation or classifier state
+    dict, torchvision's vgg11_bn, fcn_resnet50/101 or resnet50/101.
     ``variant`` / ``num_classes``: what the caller needs; FCN files record both (by their final upsampler,
-    fcn8s-atonce by 'atonce' in the file name, or in a .caffemodel by its Scale layers, and ``score_fr``),
-    and a different request is an error. VGG16 files hold no head: they take ``variant`` or
-    ``default_variant`` (required) and ``num_classes`` or ``default_classes`` (else 21). ``width``: the
+    fcn8s-atonce by 'atonce' in the file name, or in a .caffemodel by its Scale layers, and ``score_fr``; the
+    seed's files and fcn_resnet50/101 by their keys), and a different request is an error. VGG16 files hold
+    no head: they take ``variant`` or ``default_variant`` (required) and ``num_classes`` or ``default_classes``
+    (else 21); vgg11_bn and resnet50/101 files likewise, their family's FCN if neither is given. ``width``: the
     channel multiplier the file is for. ``convention`` overrides the preprocessing decided from the format,
     the file's metadata or its name.
-    ``meta``: ``model`` (config dict), ``preprocessing``, ``preprocessing_from``, ``format``, ``source``.
+    ``meta``: ``model`` (config dict), ``preprocessing``, ``preprocessing_from``, ``format``, ``source``,
+    ``initialised`` (the arrays the file does not hold, at the model's initialisation: a backbone file's
+    heads, an fcn_resnet file's aux head without ``aux_classifier.*``; 'classifier/conv/kernel' for a
+    parameter, 'batch_stats/aux_classifier/bn/mean' for a statistic).
 
     Raises :class:`WeightsError` naming the file and the offending keys and shapes.
     """
@@ -601,10 +664,14 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
             check_convention(convention)
     except ValueError as e:
         raise WeightsError(str(e)) from None
+    from fcn_jax import weights_bn
     path = os.fspath(path)
     tensors, file_meta = read_tensors(path, width)
     fmt = detect_format(tensors, path)
-    if fmt == FCN_FORMAT:
+    if fmt in BN_FORMATS:
+        variant, num_classes = weights_bn.resolve(tensors, fmt, path, variant, num_classes, default_variant,
+                                                  default_classes)
+    elif fmt == FCN_FORMAT:
         recorded = file_meta.get("variant")  # a .caffemodel's own word on fcn8s vs fcn8s-atonce
         if recorded and variant and variant != recorded:
             raise WeightsError(f"{path}: variant {variant} requested, but the file is {recorded} "
@@ -636,13 +703,21 @@ def load(path: str, variant: str | None = None, num_classes: int | None = None, 
     num_classes = VGG16_DEFAULT_CLASSES if num_classes is None else num_classes
     detected, how = (_detect_convention(fmt, path, file_meta, variant, num_classes) if convention is None
                      else (convention, "argument"))
-    params = params_from_tensors(tensors, fmt, variant, num_classes, width, path)
+    if fmt in BN_FORMATS:
+        variables, initialised = weights_bn.variables_from_tensors(tensors, fmt, variant, num_classes, width, path)
+    else:
+        variables = {"params": params_from_tensors(tensors, fmt, variant, num_classes, width, path)}
+        initialised = [("params",) + p for p in traverse_util.flatten_dict(variables["params"])
+                       if fmt != FCN_FORMAT and not p[0].startswith("backbone")]  # a backbone file's heads
+    kept = sorted({p[1] for p in initialised})
     meta = {"model": to_dict(_config(variant, num_classes, width)), "preprocessing": detected,
-            "preprocessing_from": how, "format": fmt, "source": os.path.abspath(path)}
-    log.info("loaded %s weights from %s for %s (%d classes), preprocessing %s (%s)",
-             fmt, path, variant, num_classes, detected, how)
-    return {"params": params}, meta
+            "preprocessing_from": how, "format": fmt, "source": os.path.abspath(path),
+            "initialised": ["/".join(p[1:] if p[0] == "params" else p) for p in initialised]}
+    log.info("loaded %s weights from %s for %s (%d classes), preprocessing %s (%s); %s", fmt, path, variant,
+             num_classes, detected, how, f"not in the file, at their initialisation: {', '.join(kept)}" if kept
+             else "every layer from the file")
+    return variables, meta
 
 
-__all__ = ["FORMATS", "SUFFIXES", "WeightsError", "detect_format", "load", "param_shapes", "params_from_tensors",
-           "read_tensors"]
+__all__ = ["BN_FORMATS", "FORMATS", "SUFFIXES", "WeightsError", "detect_format", "init_values", "load", "param_shapes",
+           "params_from_tensors", "read_tensors", "table_arrays", "variable_shapes"]

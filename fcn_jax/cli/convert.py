@@ -24,16 +24,18 @@ PROG = "python -m fcn_jax.convert"
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Convert FCN or VGG16 weights (the reference's .caffemodel, pytorch-fcn .pth, torchvision /\n"
-                    "Keras VGG16, or the same tensors as .npz / .safetensors) into an fcn-jax model checkpoint\n"
-                    "directory that records\n"
-                    "the variant, classes, class names, preprocessing convention and source file.",
+        description="Convert FCN or backbone weights (the reference's .caffemodel, pytorch-fcn .pth, torchvision /\n"
+                    "Keras VGG16, torchvision's fcn_resnet50/101, vgg11_bn and resnet50/101, the seed's VGG11-BN\n"
+                    "state dicts, or the same tensors as .npz / .safetensors) into an fcn-jax model checkpoint\n"
+                    "directory that records the variant, classes, class names, preprocessing convention and source.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  %(prog)s fcn8s-heavy-pascal.caffemodel --out ckpt/fcn8s\n"
                "  %(prog)s fcn8s_from_caffe.pth --out ckpt/fcn8s\n"
                "  %(prog)s vgg16_from_caffe.pth --variant fcn32s --out ckpt/vgg16-fcn32s\n"
                "  %(prog)s vgg16-397923af.pth --variant fcn32s --out ckpt/vgg16tv-fcn32s  # torchvision input\n"
+               "  %(prog)s fcn_resnet50_coco-1167a1af.pth --out ckpt/fcn-resnet50\n"
+               "  %(prog)s resnet101-63fe2227.pth --out ckpt/fcn-resnet101-imagenet  # backbone, heads at init\n"
                "exit status: 0 ok, 2 bad input (one line on stderr)")
     parser.add_argument("src", metavar="SRC",
                         help="weights file (.caffemodel; .pth/.pt needs torch; .npz, .safetensors, Keras .h5) or "
