@@ -175,9 +175,9 @@ os.execv(sys.argv[2], sys.argv[2:])
 def test_a_full_disk_during_training_is_one_line_and_exit_1(trained, data_dir, tmp_path):
     """TensorStore's 'RESOURCE_EXHAUSTED: Error writing ...' is a ValueError, which train.py reported as a usage
     error (exit 2) after hundreds of lines of tracebacks from Orbax's threads. Now it is the full-disk line, exit 1.
-    On a tmpfs with room for step 2 but not for step 4, step 2 is then intact, bit for bit; where no tmpfs can
-    be mounted, under RLIMIT_FSIZE (smaller than one checkpoint file) the first checkpoint fails. Either way
-    nothing is left of the failed step."""
+    On a tmpfs with room for step 2 but not for step 4, step 2 then restores whole, equal to the same
+    training's step 2; where no tmpfs can be mounted, under RLIMIT_FSIZE (smaller than one checkpoint file) the
+    first checkpoint fails. Either way nothing is left of the failed step."""
     fs = tmp_path / "fs"
     fs.mkdir()
     step2, best = os.path.join(trained, checkpoint.CHECKPOINTS, "2"), os.path.join(trained, checkpoint.BEST)
@@ -204,8 +204,10 @@ def test_a_full_disk_during_training_is_one_line_and_exit_1(trained, data_dir, t
         saved = checkpoint.saved_steps(str(workdir / checkpoint.CHECKPOINTS))
         if mounted:
             assert found.group(2) == "4" and saved == [2]
-            for a, b in zip(_params(str(workdir), 2), _params(trained, 2)):  # the same run's step 2
-                np.testing.assert_array_equal(a, b)
+            # step 2 restores whole and is the same training's step 2 (to float rounding: the fixture's run is
+            # another process, whose compiled programs may round differently in the last bit)
+            for a, b in zip(_params(str(workdir), 2), _params(trained, 2)):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
         else:
             assert found.group(2) == "2" and saved == []
     finally:
