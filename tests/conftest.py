@@ -101,8 +101,10 @@ def early_runs(request, tmp_path_factory):
 
 # The modules that take longest (``pytest --durations``) run first: with two workers (pyproject's addopts)
 # a long module left to the end would keep one worker busy while the other idles.
-LONGEST_FIRST = ("test_train_loop.py", "test_learning.py", "test_model_contract.py", "test_train_step.py", "test_fidelity.py",
-                 "test_tiling.py", "test_bn_fcns.py", "test_bn_weights.py", "test_interrupts.py", "test_multimodal.py", "test_evaluate.py")
+LONGEST_FIRST = ("test_train_loop.py", "test_learning.py", "test_model_contract.py", "test_train_step.py",
+                 "test_checkpoint_faults.py", "test_fidelity.py", "test_folder_faults.py", "test_bn_fcns.py",
+                 "test_output_faults.py", "test_tiling.py", "test_bn_weights.py", "test_interrupts.py",
+                 "test_weights.py", "test_multimodal.py", "test_evaluate.py")
 
 
 def pytest_collection_modifyitems(items):

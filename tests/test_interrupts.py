@@ -268,8 +268,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line(data_dir, tmp_path, monkeypatch
             "--eval-every", "100", "--eval-batch-size", "4", "--workdir", str(workdir), "--no-progress"]
     assert train_cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"train.py: error: {workdir}/checkpoints/4: No space left on device (checkpoints saved before "
-                   f"it are intact)"]
+    assert err == [f"train.py: error: {workdir}/checkpoints/4: No space left on device (the checkpoints saved before "
+                   f"it are intact, the latest step 2; run again to resume)"]
     _, meta = checkpoint.load_model(str(workdir), "latest")
     assert meta["step"] == 2
 
