@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from fcn_jax import platform
 from fcn_jax.evaluate import EvalResult, evaluate, local_rows, model_outputs
-from fcn_jax.io import Manifest, WriteError, atomic_group, error_text, is_full_disk, write_json
+from fcn_jax.io import Manifest, WriteError, atomic_group, error_text, is_full_disk, output_manifest, write_json
 from fcn_jax.metrics import format_table
 from fcn_jax.models import resolve_inputs
 from fcn_jax.models.outputs import label_fields
@@ -428,21 +428,8 @@ def check_predictions_dir(out_dir: str, settings: Mapping[str, Any], overwrite: 
     """The manifest of ``--save-predictions`` ``out_dir`` (read, not yet written); raises :class:`EvalError`
     when the directory holds predictions made with other ``settings``, or label PNGs without a record of
     the run that made them, unless ``overwrite``."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise EvalError(f"--save-predictions {out_dir}: exists and is not a directory")
-    manifest = Manifest(out_dir, PREDICTIONS_MANIFEST)
-    if overwrite or not os.path.isdir(out_dir):
-        return manifest
-    if manifest.exists:
-        differences = manifest.differences(settings)
-        if differences:
-            raise EvalError(f"--save-predictions {out_dir} holds predictions made with other settings "
-                            f"({'; '.join(differences)}); pass --overwrite to replace them, or choose another "
-                            f"directory")
-        return manifest
-    existing = sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))
-    if existing:
-        raise EvalError(f"--save-predictions {out_dir} already holds {len(existing)} PNG files (e.g. {existing[0]}) "
-                        f"but no record of the run that made them; pass --overwrite to replace them, or choose "
-                        f"another directory")
-    return manifest
+    try:
+        return output_manifest("--save-predictions", out_dir, PREDICTIONS_MANIFEST, settings, overwrite,
+                               results="predictions", files="PNG files", suffixes=(".png",))
+    except ValueError as e:
+        raise EvalError(str(e)) from None

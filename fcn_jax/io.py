@@ -255,3 +255,33 @@ class Manifest:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
         self.settings, self.entries = None, {}
+
+
+def output_manifest(flag: str, directory: str, name: str, settings: Mapping[str, Any], overwrite: bool, *,
+                    results: str, files: str, suffixes: tuple[str, ...]) -> Manifest:
+    """The manifest ``name`` of the output directory given as ``flag`` (read, not yet written). Raises
+    ValueError naming the flag when ``directory`` is a file, or, unless ``overwrite``, holds ``results`` made
+    with other ``settings`` or ``files`` (names ending in ``suffixes``) without a record of the run that made
+    them: continuing there would mix or replace earlier outputs."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{flag} {directory}: exists and is not a directory")
+    manifest = Manifest(directory, name)
+    if overwrite or not os.path.isdir(directory):
+        return manifest
+    if manifest.exists:
+        differences = manifest.differences(settings)
+        if differences:
+            raise ValueError(other_settings(flag, directory, results, differences))
+        return manifest
+    existing = sorted(f for f in os.listdir(directory) if f.endswith(suffixes))
+    if existing:
+        raise ValueError(f"{flag} {directory} already holds {len(existing)} {files} (e.g. {existing[0]}) but no "
+                         f"record of the run that made them; pass --overwrite to replace them, or choose another "
+                         f"directory")
+    return manifest
+
+
+def other_settings(flag: str, directory: str, results: str, differences: Sequence[str]) -> str:
+    """The message for outputs in ``directory`` made with other settings (``differences``)."""
+    return (f"{flag} {directory} holds {results} made with other settings ({'; '.join(differences)}); pass "
+            f"--overwrite to replace them, or choose another directory")

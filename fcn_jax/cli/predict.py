@@ -50,7 +50,8 @@ import numpy as np
 from fcn_jax import platform
 from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, fail, interrupted_code, load_ckpt, user_errors
 from fcn_jax.inference import MIN_TILE, Inference, load_image
-from fcn_jax.io import Manifest, WriteError, atomic_group, error_text, is_full_disk
+from fcn_jax.io import (Manifest, WriteError, atomic_group, error_text, is_full_disk, other_settings,
+                        output_manifest)
 from fcn_jax.viz import colorize, overlay
 
 DEFAULT_MAX_SIDE, DEFAULT_TILE = 1024, 512
@@ -88,11 +89,6 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
             "probs": args.probs, "probs_dtype": args.probs_dtype if args.probs else None, "alpha": args.alpha}
 
 
-def _other_settings(out_dir: str, differences: Sequence[str]) -> UsageError:
-    return UsageError(f"--out {out_dir} holds results made with other settings ({'; '.join(differences)}); "
-                      f"pass --overwrite to replace them, or choose another directory")
-
-
 def check_out_dir(inputs: Sequence[str], out_dir: str, overwrite: bool,
                   settings: dict[str, Any] | None = None) -> Manifest:
     """Raises UsageError when writing to ``out_dir`` could overwrite or later re-read an input (``--out``
@@ -105,22 +101,11 @@ def check_out_dir(inputs: Sequence[str], out_dir: str, overwrite: bool,
         if where == out:
             raise UsageError(f"--out {out_dir} holds the input {item}: results written there could overwrite "
                              f"inputs and be read as inputs by the next run; choose another directory")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out {out_dir}: exists and is not a directory")
-    manifest = Manifest(out_dir, MANIFEST)
-    if overwrite or not os.path.isdir(out_dir):
-        return manifest
-    if manifest.exists:
-        differences = manifest.differences(settings or {})
-        if differences:
-            raise _other_settings(out_dir, differences)
-        return manifest
-    existing = sorted(f for f in os.listdir(out_dir) if f.endswith(OUTPUT_SUFFIXES))
-    if existing:
-        raise UsageError(f"--out {out_dir} already holds {len(existing)} result files (e.g. {existing[0]}) but no "
-                         f"record of the run that made them; pass --overwrite to replace them, or choose another "
-                         f"directory")
-    return manifest
+    try:
+        return output_manifest("--out", out_dir, MANIFEST, settings or {}, overwrite, results="results",
+                               files="result files", suffixes=OUTPUT_SUFFIXES)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 @dataclasses.dataclass
@@ -307,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         variables, info = load_ckpt(args)
         settings["model_step"] = info.step  # --step best / latest: the step they named at the first run
         if manifest.exists and not args.overwrite and manifest.differences({"model_step": info.step}):
-            raise _other_settings(args.out, manifest.differences({"model_step": info.step}))
+            raise UsageError(other_settings("--out", args.out, "results",
+                                            manifest.differences({"model_step": info.step})))
         segment = Inference.from_info(variables, info, flip=args.flip, scales=args.scales,
                                       tile=args.tile if args.max_side else None, overlap=args.overlap,
                                       max_side=args.max_side)
