@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from fcn_jax.models import FCN, PADDINGS, VARIANTS, resolve_inputs
 from fcn_jax.models.registry import has_batchnorm
+from fcn_jax.models.registry import outputs as model_outputs
 from fcn_jax.models.registry import validate as validate_model
 from fcn_jax.preprocess import CONVENTIONS, INPUTS
 
@@ -123,6 +124,10 @@ class TrainConfig:
     grad_accum: int = option(1, "split each batch into this many sequential micro-batches")
     crop_size: int = option(96, "modern mode: square crop size in pixels")
     scale_range: tuple[float, float] = option((0.5, 2.0), "modern mode: random scale range, e.g. 0.5,2")
+    resize_base: int | None = option(None, "modern mode: None scales each image by a factor drawn from "
+                                     "scale_range; N resizes its shorter side to a whole number of pixels drawn "
+                                     "uniformly from [low*N, high*N] (torchvision's RandomResize(260, 1040) for "
+                                     "520 and 0.5,2)")
     flip: bool = option(True, "modern mode: random horizontal flips")
     bucket_multiple: int | None = option(None, "reference mode: pad whole images to a multiple of this to "
                                          "batch them (None: each image at its own size, batch 1, as Caffe)")
@@ -140,6 +145,9 @@ class TrainConfig:
     binary_masks: bool = option(False, "folder: datasets: masks are binary, 0 = background and any other "
                                 "value (e.g. 255) = foreground (class 1)")
     loss: str = option("mean", "'sum' over labelled pixels (reference) or 'mean'", ("sum", "mean"))
+    aux_loss_weight: float | None = option(None, "the loss weight of training-only auxiliary outputs "
+                                           "(fcn-resnet50/101's 'aux' head); None: the variant's own (0.5, "
+                                           "torchvision's)")
     class_weights: str | None = option(None, "per-class loss weights: 'frequency' (median-frequency balancing "
                                        "over the training masks), a file of one weight per class, or "
                                        "comma-separated numbers; resolved to numbers at start (None: unweighted)")
@@ -148,8 +156,13 @@ class TrainConfig:
     schedule: str = option("poly", "'fixed' or 'poly' (power 0.9)", ("fixed", "poly"))
     warmup_steps: int = option(0, "linear learning-rate warm-up steps")
     momentum: float = option(0.9, "SGD momentum (Adam beta1)")
-    weight_decay: float = option(5e-4, "weight decay on weights (never on biases)")
+    weight_decay: float = option(5e-4, "weight decay on weights (on biases too with decay_biases)")
+    decay_biases: bool = option(False, "weight decay on biases (conv and BatchNorm) too, as torchvision's recipe; "
+                                "False: weights only, as Caffe's decay_mult 0 on biases")
     bias_lr_mult: float = option(2.0, "biases learn at this multiple of the learning rate")
+    lr_mults: str | None = option(None, "learning-rate multipliers by parameter path, 'REGEX=MULT' pairs "
+                                  "separated by commas (e.g. 'aux_classifier/.*=10', torchvision's aux head); "
+                                  "the first fully matching pattern applies, on top of bias_lr_mult")
     steps: int = option(1000, "number of optimiser steps in total (a resumed run continues to this)")
     trainable: str | None = option(None, "regular expression over parameter paths (e.g. 'score_.*'): only "
                                    "matching parameters train; the rest are outside the optimiser")
@@ -173,7 +186,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _validate_fields(self)
         for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
-                     "eval_batch_size", "keep_checkpoints", "crop_size", "bucket_multiple", "eval_bucket_multiple"):
+                     "eval_batch_size", "keep_checkpoints", "crop_size", "bucket_multiple", "eval_bucket_multiple",
+                     "resize_base"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "bias_lr_mult", "momentum"):
@@ -191,6 +205,12 @@ class TrainConfig:
                 re.compile(pattern or "")
             except re.error as e:
                 raise ValueError(f"{name}={pattern!r} is not a regular expression ({e})") from None
+        parse_lr_mults(self.lr_mults)
+        if self.aux_loss_weight is not None:
+            if not self.aux_loss_weight >= 0:
+                raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+            if not any(not o.evaluated for o in model_outputs(self.model.variant, self.model.num_classes)):
+                raise ValueError(f"aux_loss_weight: {self.model.variant} has no auxiliary output")
         if not 0 <= self.void_value <= 255:
             raise ValueError(f"void_value must be in 0..255, got {self.void_value}")
         resolve_inputs(self.inputs, self.model.variant)  # ValueError naming --inputs if the channels differ
@@ -218,6 +238,32 @@ def parse_class_weights(text: str, num_classes: int, source: str = "class_weight
     if not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
         raise ValueError(f"{source}: weights must be finite, >= 0 and not all zero, got {list(values)}")
     return values
+
+
+def parse_lr_mults(text: str | None, source: str = "lr_mults") -> tuple[tuple[str, float], ...]:
+    """'REGEX=MULT,REGEX=MULT' -> ((regex, mult), ...) in order; () for None.
+
+    Raises ValueError naming ``source`` for an entry without '=', a pattern that is not a regular expression
+    or a multiplier that is not a finite number >= 0.
+    """
+    pairs = []
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        pattern, sep, mult = entry.strip().rpartition("=")
+        if not sep or not pattern:
+            raise ValueError(f"{source}: expected REGEX=MULT pairs separated by commas, got {entry.strip()!r}")
+        try:
+            re.compile(pattern)
+            value = float(mult)
+        except re.error as e:
+            raise ValueError(f"{source}: {pattern!r} is not a regular expression ({e})") from None
+        except ValueError:
+            raise ValueError(f"{source}: {mult!r} in {entry.strip()!r} is not a number") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{source}: multipliers must be finite and >= 0, got {mult!r}")
+        pairs.append((pattern, value))
+    return tuple(pairs)
 
 
 def strip_init_prefix(init: str) -> str:

@@ -28,7 +28,8 @@ from jax.sharding import Mesh
 from fcn_jax import checkpoint as ckpt_lib
 from fcn_jax.io import write_json
 from fcn_jax import parallel
-from fcn_jax.config import FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, to_dict
+from fcn_jax.config import (FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, parse_lr_mults,
+                            to_dict)
 from fcn_jax.models import final_upsampler_names, initial_variables, resolve_inputs, upsampler_names
 from fcn_jax.models import outputs as model_outputs
 from fcn_jax.models.outputs import SEGMENTATION, Output, evaluated, label_fields
@@ -77,13 +78,15 @@ def global_norm(tree: Any) -> jax.Array:
 # ------------------------------------------------------------------------------------------ optimiser
 
 def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
-                 frozen: str | None = None) -> Any:
-    """Labels every parameter 'weight', 'bias' or 'frozen': the one freezing mechanism (the optimiser leaves
+                 frozen: str | None = None, lr_mults: str | None = None) -> Any:
+    """Labels every parameter 'weight', 'bias' or 'frozen' ('weight*M' / 'bias*M' where ``lr_mults`` gives
+    it a learning-rate multiplier M != 1): the one freezing and multiplier mechanism (the optimiser leaves
     'frozen' parameters alone and the train step takes no gradient for them).
 
     Frozen: the upsamplers ``model.freeze_upsamplers`` names, parameters whose path ('backbone/fc6/kernel',
     'score_fr/bias', ...) fully matches the regular expression ``frozen``, and, when ``trainable`` is
     given, every parameter whose path does not fully match it (big_vision-style regex freezing).
+    ``lr_mults``: 'REGEX=MULT,...' (:func:`fcn_jax.config.parse_lr_mults`); the first full match applies.
     ``params``: the parameter tree (or the variables; only ``params`` is labelled). Raises ValueError when a
     regular expression matches no parameter.
     """
@@ -91,9 +94,10 @@ def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
     ups = upsampler_names(model.variant)
     fixed = {"none": (), "final": final_upsampler_names(model.variant), "all": ups}[model.freeze_upsamplers]
     paths = ["/".join(getattr(k, "key", str(k)) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
-    for flag, pattern in (("trainable", trainable), ("frozen", frozen)):
+    mults = parse_lr_mults(lr_mults)
+    for flag, pattern in [("trainable", trainable), ("frozen", frozen)] + [("lr-mults", p) for p, _ in mults]:
         if pattern is not None and not any(re.fullmatch(pattern, p) for p in paths):
-            examples = ", ".join([paths[0]] + [f"{name}/kernel" for name in ups[-1:]])
+            examples = ", ".join(dict.fromkeys([paths[0]] + [f"{name}/kernel" for name in ups[-1:]] + paths[-1:]))
             raise ValueError(f"--{flag} {pattern!r} matches no parameter; paths look like {examples}")
 
     def label(path: tuple[Any, ...], _: Any) -> str:
@@ -102,7 +106,9 @@ def param_labels(params: Any, model: ModelConfig, trainable: str | None = None,
         if (names[0] in fixed or (frozen is not None and re.fullmatch(frozen, name))
                 or (trainable is not None and not re.fullmatch(trainable, name))):
             return "frozen"
-        return "bias" if names[-1] == "bias" else "weight"
+        kind = "bias" if names[-1] == "bias" else "weight"
+        mult = next((m for pattern, m in mults if re.fullmatch(pattern, name)), 1.0)
+        return kind if mult == 1 else f"{kind}*{mult:g}"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -120,22 +126,31 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
-    """The solver: weights get weight decay, biases ``bias_lr_mult`` x lr and no decay, frozen parameters
+    """The solver: weights get weight decay, biases ``bias_lr_mult`` x lr and no decay (decay too with
+    ``decay_biases``), the parameters ``lr_mults`` names their multiple of that, frozen parameters
     (:func:`param_labels`) nothing: they are outside the optimiser and its weight decay.
 
-    SGD follows Caffe: ``v = momentum * v + lr * (grad + wd * w); w -= v`` (identical for a fixed lr).
+    SGD follows Caffe: ``v = momentum * v + lr * (grad + wd * w); w -= v`` (identical for a fixed lr), and
+    PyTorch's ``torch.optim.SGD`` (``v = momentum * v + grad + wd * w; w -= lr * v``) for any schedule.
     """
     schedule = make_schedule(cfg)
-    bias_schedule = lambda step: schedule(step) * cfg.bias_lr_mult  # noqa: E731
-    if cfg.optimizer == "sgd":
-        weight = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                             optax.sgd(schedule, momentum=cfg.momentum))
-        bias = optax.sgd(bias_schedule, momentum=cfg.momentum)
-    else:
-        weight = optax.adamw(schedule, b1=cfg.momentum, weight_decay=cfg.weight_decay)
-        bias = optax.adam(bias_schedule, b1=cfg.momentum)
-    return optax.multi_transform({"weight": weight, "bias": bias, "frozen": optax.set_to_zero()},
-                                 param_labels(params, cfg.model, cfg.trainable, cfg.frozen))
+    labels = param_labels(params, cfg.model, cfg.trainable, cfg.frozen, cfg.lr_mults)
+
+    def solver(label: str) -> optax.GradientTransformation:
+        kind, _, mult = label.partition("*")
+        scale = (cfg.bias_lr_mult if kind == "bias" else 1.0) * float(mult or 1)
+        lr = (lambda step: schedule(step) * scale) if scale != 1 else schedule  # noqa: E731
+        decay = kind == "weight" or cfg.decay_biases
+        if cfg.optimizer == "sgd":
+            sgd = optax.sgd(lr, momentum=cfg.momentum)
+            return optax.chain(optax.add_decayed_weights(cfg.weight_decay), sgd) if decay else sgd
+        if decay:
+            return optax.adamw(lr, b1=cfg.momentum, weight_decay=cfg.weight_decay)
+        return optax.adam(lr, b1=cfg.momentum)
+
+    names = dict.fromkeys(["weight", "bias", *sorted(set(jax.tree.leaves(labels)) - {"frozen"})])
+    return optax.multi_transform({**{name: solver(name) for name in names}, "frozen": optax.set_to_zero()},
+                                 labels)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -216,8 +231,12 @@ def resolve_class_weights(cfg: TrainConfig, counts: Callable[[], np.ndarray]) ->
 def batch_spec(cfg: TrainConfig) -> tuple[str, tuple[Output, ...]]:
     """What a batch of ``cfg`` holds: the example fields forming the input (``cfg.inputs`` or the variant's
     default, :func:`fcn_jax.models.resolve_inputs`) and the model's outputs, whose labels it carries
-    (:attr:`Output.batch_key` from :attr:`Output.label_field`)."""
-    return (resolve_inputs(cfg.inputs, cfg.model.variant), model_outputs(cfg.model.variant, cfg.model.num_classes))
+    (:attr:`Output.batch_key` from :attr:`Output.label_field`), the training-only ones at
+    ``cfg.aux_loss_weight`` where it is set."""
+    outputs = model_outputs(cfg.model.variant, cfg.model.num_classes)
+    if cfg.aux_loss_weight is not None:
+        outputs = tuple(o if o.evaluated else dataclasses.replace(o, loss_weight=cfg.aux_loss_weight) for o in outputs)
+    return resolve_inputs(cfg.inputs, cfg.model.variant), outputs
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -290,7 +309,7 @@ class StepPieces:
 def step_pieces(cfg: TrainConfig, params: Any) -> StepPieces:
     """The :class:`StepPieces` of ``cfg`` for a model with parameter tree ``params``."""
     weights = class_weight_array(cfg)
-    labels = param_labels(params, cfg.model, cfg.trainable, cfg.frozen)
+    labels = param_labels(params, cfg.model, cfg.trainable, cfg.frozen, cfg.lr_mults)
     return StepPieces(outputs=batch_spec(cfg)[1], num_classes=cfg.model.num_classes, loss=cfg.loss,
                       class_weights=None if weights is None else tuple(float(w) for w in weights),
                       grad_accum=cfg.grad_accum, seed=cfg.seed, schedule=make_schedule(cfg),
@@ -597,7 +616,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str, *, mesh: Mesh | None = No
     inputs, outputs = batch_spec(cfg)
     train_input = pipeline.TrainInput(
         mode=cfg.mode, batch_size=cfg.batch_size, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
-        flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
+        resize_base=cfg.resize_base, flip=cfg.flip, bucket_multiple=cfg.bucket_multiple, sampling=cfg.sampling, convention=cfg.preprocessing,
         seed=cfg.seed, inputs=inputs, labels=label_fields(outputs))
     lead = jax.process_index() == 0
     log = RunLog(log if lead else (lambda _: None))  # only process 0 reports; train.log once the workdir exists
@@ -849,7 +868,7 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     train_source, eval_source = _sources(cfg, ds_meta)
     variables = _start_variables(cfg, model, log) if fresh else None
     param_labels(jax.eval_shape(lambda: init_variables(cfg, model)) if variables is None else variables,
-                 cfg.model, cfg.trainable, cfg.frozen)
+                 cfg.model, cfg.trainable, cfg.frozen, cfg.lr_mults)
     # everything opened from here on is closed by the stack, in reverse order, whatever happens
     with contextlib.ExitStack() as stack:
         checkpoints = stack.enter_context(ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints))

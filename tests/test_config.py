@@ -46,6 +46,8 @@ SOLVER_VARIANTS = {
     "reference_context": ("fcn32s", "fcn16s", "fcn8s"),
     "reference_siftflow": ("siftflow-fcn32s", "siftflow-fcn16s", "siftflow-fcn8s"),
     "reference_nyud": ("fcn32s", "nyud-fcn32s-color-d", "nyud-fcn32s-color-hha"),
+    "torchvision": ("fcn-resnet50", "fcn-resnet101"),
+    "shapes_bn": ("fcn-vgg11bn", "fcn-resnet50", "fcn-resnet101"),
 }
 
 

@@ -44,6 +44,16 @@ def _optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
+def _optional_float(text: str) -> float | None:
+    """A number flag of a ``float | None`` field: 'none' gives None."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
     """One flag per dataclass field (``--field-name``), typed and with the field's help and choices."""
     hints = typing.get_type_hints(cls)
@@ -56,6 +66,9 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) ->
         kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
         if typ is int and type(None) in allowed:
             parser.add_argument(flag, type=_optional_int, metavar="N|none", **kwargs)
+            continue
+        if typ is float and type(None) in allowed:
+            parser.add_argument(flag, type=_optional_float, metavar="X|none", **kwargs)
             continue
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

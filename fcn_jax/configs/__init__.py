@@ -8,6 +8,8 @@
 - :mod:`fcn_jax.configs.reference_context`: the PASCAL-Context FCNs' reference solvers (60 classes, 400k steps).
 - :mod:`fcn_jax.configs.reference_siftflow`: the SIFT Flow FCNs' reference solvers (siftflow-fcn32s/16s/8s, two heads).
 - :mod:`fcn_jax.configs.reference_nyud`: the NYUDv2 FCN-32s' reference solvers (colour, HHA, colour-D, colour-HHA).
+- :mod:`fcn_jax.configs.torchvision`: torchvision's FCN-ResNet50/101 recipe (references/segmentation).
+- :mod:`fcn_jax.configs.shapes_bn`: the BatchNorm FCNs' offline demo (torchvision's recipe at the shapes size).
 
 Copy one (``python -c "import fcn_jax.configs as c; print(c.path('shapes'))"`` prints where it is),
 edit it, and pass the copy to ``train.py --config my_config.py``; ``--config fields.json`` instead
@@ -24,7 +26,7 @@ from typing import Any
 from fcn_jax.config import TrainConfig, override
 
 PRESETS = ("shapes", "reference", "modern", "reference_fixed", "reference_alexnet", "reference_context",
-           "reference_siftflow", "reference_nyud")
+           "reference_siftflow", "reference_nyud", "torchvision", "shapes_bn")
 
 
 def path(name: str) -> str:

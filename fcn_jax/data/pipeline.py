@@ -25,7 +25,8 @@ Modes. ``reference``: whole images, no augmentation. With ``bucket_multiple=None
 each image is used at its own size, unpadded (needs ``batch_size=1``); with an int, images are
 padded to a bucket shape (H and W rounded up to ``bucket_multiple``; image padded with 0 = the
 mean colour after preprocessing, label with 255). ``modern``: random scale in ``scale_range``
-(bilinear image, nearest-neighbour label, same sampling grid), random ``crop_size`` square crop
+(bilinear image, nearest-neighbour label, same sampling grid; with ``resize_base`` the shorter side is
+drawn in pixels instead, as torchvision's ``RandomResize``), random ``crop_size`` square crop
 (padded as above where the scaled image is smaller), random horizontal flip, all applied to image
 and label together, and to every other field the same way: HHA bilinear as the image, labels
 nearest-neighbour, depth nearest-neighbour (raw uint16 millimetres: interpolating across an
@@ -88,6 +89,7 @@ class TrainInput:
     batch_size: int = 16  # global, split evenly over processes
     crop_size: int = 512  # modern: square crop side
     scale_range: tuple[float, float] = (0.5, 2.0)  # modern: uniform random scale
+    resize_base: int | None = None  # modern: scales relative to a shorter side of this many pixels (torchvision)
     flip: bool = True  # modern: random horizontal flip
     bucket_multiple: int | None = None  # reference: None = exact size, else pad H, W up to a multiple
     convention: str = "caffe"  # preprocessing: fcn_jax.preprocess.CONVENTIONS
@@ -110,6 +112,9 @@ class TrainInput:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"TrainInput.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        if self.resize_base is not None and round(low * self.resize_base) < 1:
+            raise ValueError(f"TrainInput.resize_base must make a shorter side >= 1 px, got {self.resize_base} with "
+                             f"scale_range {self.scale_range}")
         check_convention(self.convention)
         check_inputs(self.inputs)
         check_labels(self.labels)
@@ -183,6 +188,21 @@ def _resample(values: np.ndarray, key: str, size: tuple[int, int], box: tuple[fl
     return np.asarray(Image.fromarray(values).resize(size, _resample_filter(key), box=box))
 
 
+def _scaled_size(height: int, width: int, rng: np.random.Generator, cfg: TrainInput) -> tuple[int, int]:
+    """The random (h, w) an image of ``height`` x ``width`` is scaled to: by a factor uniform in
+    ``cfg.scale_range``, or with ``cfg.resize_base`` its shorter side to a whole number of pixels uniform in
+    [round(low * base), round(high * base)] and the longer one in proportion, truncated (torchvision's
+    ``RandomResize`` with ``F.resize(image, size)``)."""
+    if cfg.resize_base is None:
+        scale = rng.uniform(*cfg.scale_range)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    low, high = (round(s * cfg.resize_base) for s in cfg.scale_range)
+    short = int(rng.integers(low, high + 1))
+    if height <= width:
+        return short, max(1, int(short * width / height))
+    return max(1, int(short * height / width)), short
+
+
 def augment_fields(fields: Fields, rng: np.random.Generator, cfg: TrainInput) -> Fields:
     """Random scale, crop and flip of every field of one example (:func:`read_fields`): each (h, w[, c]),
     h, w <= crop size, dtypes kept.
@@ -194,8 +214,7 @@ def augment_fields(fields: Fields, rng: np.random.Generator, cfg: TrainInput) ->
     """
     height, width = fields[LABEL].shape
     crop = cfg.crop_size
-    scale = rng.uniform(*cfg.scale_range)
-    scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+    scaled_h, scaled_w = _scaled_size(height, width, rng, cfg)
     y0 = int(rng.integers(0, max(scaled_h - crop, 0) + 1))
     x0 = int(rng.integers(0, max(scaled_w - crop, 0) + 1))
     crop_h, crop_w = min(crop, scaled_h - y0), min(crop, scaled_w - x0)
