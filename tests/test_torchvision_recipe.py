@@ -23,32 +23,21 @@ from fcn_jax import configs, train_lib
 from fcn_jax.cli import train as train_cli
 from fcn_jax.config import override, parse_lr_mults
 from fcn_jax.data import pipeline
+from test_bn_fcns import tv  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tv_functional():
-    """torchvision.transforms.functional, imported with ``torch.library.register_fake`` a no-op (the registry's
-    torchvision is built for CUDA torch; its C++ ops fail to register on the CPU torch, the transforms need none)."""
-    original = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision.transforms.functional as F
-    except ImportError:
-        pytest.skip("torchvision is not installed")
-    finally:
-        torch.library.register_fake = original
-    return F
+__all__ = ["tv"]  # test_bn_fcns' torchvision fixture (its CPU-torch import workaround), used here
 
 
 @pytest.mark.parametrize("height, width", [(375, 500), (500, 333), (281, 281), (97, 1000)])
-def test_resize_base_gives_torchvisions_random_resize_sizes(tv_functional, height, width):
+def test_resize_base_gives_torchvisions_random_resize_sizes(tv, height, width):
     cfg = pipeline.TrainInput(resize_base=520, scale_range=(0.5, 2.0), crop_size=480)
     rng = np.random.default_rng(0)
     for _ in range(50):
         h, w = pipeline._scaled_size(height, width, rng, cfg)
         short = min(h, w)
         assert 260 <= short <= 1040
-        resized = tv_functional.resize(Image.new("RGB", (width, height)), short)  # references/segmentation's call
+        resized = tv.transforms.functional.resize(Image.new("RGB", (width, height)), short)  # references/segmentation's call
         assert resized.size == (w, h)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fcn_jax import cli, configs
@@ -34,24 +34,19 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _optional_int(text: str) -> int | None:
-    """An integer flag of an ``int | None`` field: 'none' (or 'exact' for the bucket sizes) gives None."""
-    if text.lower() in ("none", "exact"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+def _optional(kind: type) -> Callable[[str], Any]:
+    """The parser of an ``int | None`` or ``float | None`` field's flag: 'none' (or 'exact' for the bucket
+    sizes) gives None."""
+    noun = "an integer" if kind is int else "a number"
 
-
-def _optional_float(text: str) -> float | None:
-    """A number flag of a ``float | None`` field: 'none' gives None."""
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "exact"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} or 'none', got {text!r}") from None
+    return parse
 
 
 def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
@@ -64,11 +59,8 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type, prefix: str) ->
         allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
         typ = next(t for t in allowed if t is not type(None))
         kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        if typ is int and type(None) in allowed:
-            parser.add_argument(flag, type=_optional_int, metavar="N|none", **kwargs)
-            continue
-        if typ is float and type(None) in allowed:
-            parser.add_argument(flag, type=_optional_float, metavar="X|none", **kwargs)
+        if typ in (int, float) and type(None) in allowed:
+            parser.add_argument(flag, type=_optional(typ), metavar="N|none" if typ is int else "X|none", **kwargs)
             continue
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
