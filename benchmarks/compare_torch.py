@@ -2,17 +2,22 @@
 
     python benchmarks/compare_torch.py --variant fcn8s --batch-size 8 --image-size 512       # GPU
     python benchmarks/compare_torch.py --variant fcn8s --batch-size 2 --image-size 64        # small CPU
+    python benchmarks/compare_torch.py --variant fcn-resnet50 --batch-size 8 --image-size 480
 
 JAX runs the real train step (``fcn_jax.train_lib.make_train_step``) and inference through
-:mod:`fcn_jax.benchmark`, in float32 and bfloat16. PyTorch runs ``benchmarks/torch_fcn.FCN`` (pad 100,
-ceil pooling, Caffe crops, pytorch-fcn's layer names) in the modes a PyTorch user would pick:
+:mod:`fcn_jax.benchmark`, in float32 and bfloat16. PyTorch runs the same network written for PyTorch:
+``benchmarks/torch_fcn.FCN`` for the VGG16 FCNs (pad 100, ceil pooling, Caffe crops, pytorch-fcn's layer
+names), torchvision's own ``fcn_resnet50`` / ``fcn_resnet101`` for ``fcn-resnet50/101`` (the aux head when
+training: loss = out + 0.5 aux) and seed 002's ``VGG11Segmentation`` for ``fcn-vgg11bn``
+(``benchmarks/torch_bn.py``; BatchNorm with batch statistics in training, running statistics in inference,
+in both frameworks), in the modes a PyTorch user would pick:
 
 - ``eager``: float32, NCHW (on CUDA, cuDNN's default TF32 convolutions, ``cudnn.benchmark`` on);
 - ``bf16_cl``: ``torch.autocast`` bfloat16 with ``channels_last`` model and input;
 - ``compile``: ``torch.compile`` of the float32 model;
 - ``compile_bf16_cl``: ``torch.compile`` with autocast bfloat16 and ``channels_last``.
 
-Both frameworks start from the same parameters and batch (``fcn_jax.benchmark.synthetic_params`` and
+Both frameworks start from the same variables and batch (``fcn_jax.benchmark.synthetic_variables`` and
 ``host_batch``). ``train`` is forward, softmax cross-entropy averaged over non-void pixels (255 ignored), backward and
 an SGD momentum step (weight decay on weights, biases at 2x lr), as in the 'modern' preset; ``infer``
 is a forward pass to the per-pixel argmax. A mode that fails (``torch.compile`` without a compiler,
@@ -36,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import traverse_util  # noqa: E402
 
 from fcn_jax import benchmark as bench  # noqa: E402
 from fcn_jax import platform  # noqa: E402
@@ -43,6 +49,7 @@ from fcn_jax.cli import benchmark as bench_cli  # noqa: E402
 from fcn_jax import cli  # noqa: E402
 from fcn_jax.config import DTYPES  # noqa: E402
 from fcn_jax.cli import ArgumentParser  # noqa: E402
+from fcn_jax.models.registry import outputs  # noqa: E402
 
 # PyTorch mode -> its compute dtype.
 TORCH_MODES = {"eager": "float32", "bf16_cl": "bfloat16", "compile": "float32", "compile_bf16_cl": "bfloat16"}
@@ -92,20 +99,64 @@ def torch_state_dict(params: Any) -> dict[str, Any]:
     return state
 
 
+def torch_bn_state_dict(variables: Any, fmt: str, like: dict[str, Any]) -> dict[str, Any]:
+    """fcn_jax variables (``params`` and ``batch_stats``) of a BatchNorm FCN as the state dict of the PyTorch
+    network whose own state dict is ``like`` (seed 002's or torchvision's names, weight format ``fmt`` of
+    :mod:`fcn_jax.weights_bn`: the loader's name table read backwards); HWIO kernels -> OIHW. Variables the
+    PyTorch network lacks (the aux head of an inference model) are left out; its ``num_batches_tracked`` kept."""
+    import torch
+
+    from fcn_jax.weights_bn import LEAVES, torch_module
+
+    state = dict(like)
+    for path, value in traverse_util.flatten_dict(dict(variables)).items():
+        name = torch_module(fmt, path[1:-1])
+        key = f"{name}.{LEAVES[path[0], path[-1]]}"
+        if name is None or key not in like:
+            continue
+        array = np.asarray(value)
+        state[key] = torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
+    return state
+
+
+def torch_model(cfg: bench.BenchmarkConfig, train: bool) -> Any:
+    """The PyTorch network of ``cfg.variant`` holding the variables JAX's benchmark uses
+    (:func:`fcn_jax.benchmark.synthetic_variables`): ``benchmarks.torch_fcn.FCN`` for the VGG16 FCNs, seed 002's
+    network for ``fcn-vgg11bn`` (width 1 only: the seed's widths are fixed), torchvision's ``fcn_resnet50/101``
+    (with the aux head when training) for ``fcn-resnet50/101``. ValueError for a variant without a PyTorch side."""
+    from benchmarks import torch_bn, torch_fcn
+    from fcn_jax.weights import FCN_RESNET_TORCHVISION, SEED_SEGMENTATION
+
+    variables = bench.synthetic_variables(cfg.model_config(), cfg.seed)
+    if cfg.variant in torch_fcn.VARIANTS:
+        model = torch_fcn.FCN(cfg.variant, cfg.num_classes, width=cfg.width)
+        model.load_state_dict(torch_state_dict(variables["params"]))
+        return model
+    if cfg.variant == "fcn-vgg11bn":
+        if cfg.width != 1.0:
+            raise ValueError(f"seed 002's VGG11-BN network has fixed widths; run fcn-vgg11bn at --width 1, "
+                             f"not {cfg.width:g}")
+        model, fmt = torch_bn.SeedFCN(cfg.num_classes), SEED_SEGMENTATION
+    elif cfg.variant in torch_bn.RESNET_BLOCKS:
+        model = torch_bn.torchvision_fcn(cfg.variant, cfg.num_classes, cfg.width, aux=train)
+        fmt = FCN_RESNET_TORCHVISION
+    else:
+        raise ValueError(f"no PyTorch network for {cfg.variant}; compare_torch.py runs "
+                         f"{', '.join((*torch_fcn.VARIANTS, 'fcn-vgg11bn', *torch_bn.RESNET_BLOCKS))}")
+    model.load_state_dict(torch_bn_state_dict(variables, fmt, model.state_dict()))
+    return model
+
+
 def torch_step(cfg: bench.BenchmarkConfig, torch_mode: str, device: str) -> Callable[[], Any]:
     """One PyTorch step of ``cfg.mode`` in ``torch_mode``; its first call includes any compilation."""
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.torch_fcn import FCN
-
     torch.manual_seed(cfg.seed)  # dropout masks
     channels_last = torch_mode.endswith("bf16_cl")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = FCN(cfg.variant, cfg.num_classes, width=cfg.width)
-    # The parameters JAX's benchmark uses: both frameworks compute on the same numbers.
-    model.load_state_dict(torch_state_dict(bench.synthetic_params(cfg.model_config(), cfg.seed)))
-    model = model.to(device, memory_format=memory_format)
+    # The variables JAX's benchmark uses: both frameworks compute on the same numbers.
+    model = torch_model(cfg, train=cfg.mode == "train").to(device, memory_format=memory_format)
     host = bench.host_batch(cfg, cfg.batch_size)
     image = torch.from_numpy(host["image"]).permute(0, 3, 1, 2).to(device, memory_format=memory_format)
     label = torch.from_numpy(host["label"]).long().to(device)
@@ -114,6 +165,12 @@ def torch_step(cfg: bench.BenchmarkConfig, torch_mode: str, device: str) -> Call
 
     if cfg.mode == "train":
         model.train()
+        loss_weights = {o.name: o.loss_weight for o in outputs(cfg.variant, cfg.num_classes)}
+
+        def loss_of(logits: Any) -> Any:  # one tensor, or torchvision's {'out', 'aux'}: out + 0.5 aux
+            if not isinstance(logits, dict):
+                return F.cross_entropy(logits.float(), label, ignore_index=255)
+            return sum(loss_weights[k] * F.cross_entropy(v.float(), label, ignore_index=255) for k, v in logits.items())
         weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
         biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
         optimizer = torch.optim.SGD([{"params": weights, "weight_decay": WEIGHT_DECAY},
@@ -124,7 +181,7 @@ def torch_step(cfg: bench.BenchmarkConfig, torch_mode: str, device: str) -> Call
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 logits = forward(image)
-            loss = F.cross_entropy(logits.float(), label, ignore_index=255)
+            loss = loss_of(logits)
             loss.backward()
             optimizer.step()
             return loss
@@ -133,7 +190,8 @@ def torch_step(cfg: bench.BenchmarkConfig, torch_mode: str, device: str) -> Call
 
         def step() -> Any:
             with torch.inference_mode(), autocast:
-                return forward(image).argmax(1)
+                logits = forward(image)
+                return (logits["out"] if isinstance(logits, dict) else logits).argmax(1)
     return step
 
 

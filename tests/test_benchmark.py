@@ -266,6 +266,42 @@ def test_compare_torch_table(tmp_path):
     json.dumps(report)
 
 
+@pytest.mark.parametrize("variant, width", [("fcn-resnet50", 0.125), ("fcn-vgg11bn", 1.0)])
+def test_compare_torch_runs_the_same_batchnorm_network(variant, width):
+    """compare_torch.py's PyTorch side of a BatchNorm FCN (torchvision's fcn_resnet50, seed 002's network) holding
+    fcn_jax's variables computes fcn_jax's logits: random kernels, BatchNorm affine parameters and running
+    statistics (each BatchNorm different), eval mode, an odd size."""
+    pytest.importorskip("torch")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import numpy as np
+    import torch
+    from flax import traverse_util
+
+    from benchmarks import compare_torch
+    from fcn_jax.inference import forward
+    from fcn_jax.models import main_output
+
+    cfg = bench.BenchmarkConfig(variant=variant, mode="infer", batch_size=1, image_size=(37, 53), width=width,
+                                num_classes=5, dtype="float32")
+    model_config = cfg.model_config()
+    rng = np.random.default_rng(0)
+    flat = traverse_util.flatten_dict(bench.synthetic_variables(model_config))
+    flat = {k: (rng.uniform(0.5, 2.0, v.shape) if k[-1] in ("scale", "var") else
+                rng.uniform(-0.3, 0.3, v.shape) if v.ndim == 1 else v).astype(np.float32) for k, v in flat.items()}
+    variables = traverse_util.unflatten_dict(flat)
+    net = compare_torch.torch_model(cfg, train=False)  # its own variables: replaced by the random ones
+    fmt = "fcn-resnet-torchvision" if variant.startswith("fcn-resnet") else "vgg11bn-seed"
+    net.load_state_dict(compare_torch.torch_bn_state_dict(variables, fmt, net.state_dict()))
+    image = rng.standard_normal((1, *cfg.image_size, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(image.transpose(0, 3, 1, 2)))
+    want = (want["out"] if isinstance(want, dict) else want).numpy().transpose(0, 2, 3, 1)
+    got = forward(model_config.build(), variables, jnp.asarray(image))[main_output(variant, 5).name]
+    assert got.shape == want.shape == (1, 37, 53, 5)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 # ------------------------------------------------- the command-line runs (started with the module)
 
 def test_cli_train_end_to_end(cli_json, early_runs):

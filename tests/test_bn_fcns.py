@@ -1,6 +1,6 @@
 """The BatchNorm FCNs of issue 21 against independent references.
 
-- ``fcn-vgg11bn``: seed 002's own PyTorch classes, written out below from the seed's text, random weights and
+- ``fcn-vgg11bn``: seed 002's own PyTorch classes (``benchmarks/torch_bn.py``, written out from the seed's text), random weights and
   random BatchNorm running statistics, eval mode: equal logits at 224x224 and another multiple of 16, and at odd
   sizes the seed's backbone and ``conv_out`` followed by ``F.interpolate(size=input)`` (output size = input).
 - ``fcn-resnet50`` / ``fcn-resnet101``: torchvision's model code (``fcn_resnet50`` itself at full width, and
@@ -12,6 +12,9 @@
 torch's weights are copied into the flax variables by :func:`flax_path` and :func:`torch_to_flax`, the name
 map a weight import needs (every flax leaf and every torch array but ``num_batches_tracked`` covered).
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,126 +34,25 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a dev-only package at the repository root
+    sys.path.insert(0, str(ROOT))
+from benchmarks import torch_bn  # noqa: E402
+from benchmarks.torch_bn import VGG11BackBone, VGG11Segmentation, narrow_torchvision_fcn  # noqa: E402,F401
+
 SEED_CLASSES = 7  # the seed's num_classes
 VOC = 21
-
-
-# ------------------------------------------------------------------ seed 002's classes (its text, as written)
-
-class VGG11BackBone(nn.Module):
-    def __init__(self):
-        super(VGG11BackBone, self).__init__()
-        self.relu = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)  # 64 x 112 x 112
-        self.conv2 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
-        self.bn2 = nn.BatchNorm2d(128)
-        self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)  # 128 x 56 x 56
-        self.conv3_1 = nn.Conv2d(128, 256, kernel_size=3, padding=1)
-        self.bn3_1 = nn.BatchNorm2d(256)
-        self.conv3_2 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.bn3_2 = nn.BatchNorm2d(256)
-        self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)  # 256 x 28 x 28
-        self.conv4_1 = nn.Conv2d(256, 512, kernel_size=3, padding=1)
-        self.bn4_1 = nn.BatchNorm2d(512)
-        self.conv4_2 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.bn4_2 = nn.BatchNorm2d(512)
-        self.pool4 = nn.MaxPool2d(kernel_size=2, stride=2)  # 512 x 14 x 14
-        self.conv5_1 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.bn5_1 = nn.BatchNorm2d(512)
-        self.conv5_2 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.bn5_2 = nn.BatchNorm2d(512)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.pool1(x)
-        x = self.conv2(x)
-        x = self.bn2(x)
-        x = self.relu(x)
-        x = self.pool2(x)
-        x = self.conv3_1(x)
-        x = self.bn3_1(x)
-        x = self.relu(x)
-        x = self.conv3_2(x)
-        x = self.bn3_2(x)
-        x = self.relu(x)
-        x = self.pool3(x)
-        x = self.conv4_1(x)
-        x = self.bn4_1(x)
-        x = self.relu(x)
-        x = self.conv4_2(x)
-        x = self.bn4_2(x)
-        x = self.relu(x)
-        x = self.pool4(x)
-        x = self.conv5_1(x)
-        x = self.bn5_1(x)
-        x = self.relu(x)
-        x = self.conv5_2(x)
-        x = self.bn5_2(x)
-        x = self.relu(x)
-        return x
-
-
-class VGG11Segmentation(nn.Module):
-    def __init__(self, num_classes=7):
-        super(VGG11Segmentation, self).__init__()
-        self.backbone = VGG11BackBone()
-        with torch.no_grad():
-            self.conv_out = nn.Conv2d(512, num_classes, kernel_size=1, padding=0, stride=1)
-        self.upsample = torch.nn.Upsample(scale_factor=16, mode='bilinear', align_corners=False)
-
-    def forward(self, x):
-        x = self.backbone(x)  # 512 x 14 x 14
-        x = self.conv_out(x)  # 7 x 14 x 14
-        x = self.upsample(x)  # 1 x 7 x 14 * 16 x 14 * 16
-        # (the seed asserts x.shape == (1, 7, 224, 224) here: its one input size; left out for the others)
-        return x
 
 
 # ---------------------------------------------------------------------------------------- torchvision
 
 @pytest.fixture(scope="module")
 def tv():
-    """torchvision, imported with ``torch.library.register_fake`` a no-op decorator: the registry's wheels are
-    built for CUDA torch, and on the CPU torch their C++ ops (nms, roi_align, ...) fail to register at
-    import; the model code used here needs none of them."""
-    original = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    """torchvision, imported beside the CPU torch (:func:`benchmarks.torch_bn.import_torchvision`)."""
     try:
-        import torchvision
+        return torch_bn.import_torchvision()
     except ImportError:
         pytest.skip("torchvision is not installed")
-    finally:
-        torch.library.register_fake = original
-    return torchvision
-
-
-def torchvision_fcn(tv, blocks, width, num_classes):
-    """torchvision's ``fcn_resnet50/101(aux_loss=True)`` at a width multiplier: its ``ResNet`` (built by its
-    own ``__init__`` with ``replace_stride_with_dilation=[False, True, True]`` and ``_make_layer``, the stem's
-    and every layer's planes scaled by ``width``) in its ``IntermediateLayerGetter``, with its ``FCNHead``s on
-    layer4 and layer3 in its ``FCN``: what ``_fcn_resnet`` builds, narrower."""
-    from torchvision.models._utils import IntermediateLayerGetter
-    from torchvision.models.resnet import Bottleneck, ResNet
-    from torchvision.models.segmentation.fcn import FCN, FCNHead
-
-    def s(channels):
-        return max(1, int(round(channels * width)))
-
-    class NarrowResNet(ResNet):
-        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-            if planes == 64:  # layer1, built right after the stem: narrow the stem's 64 channels too
-                self.inplanes = s(64)
-                self.conv1 = nn.Conv2d(3, s(64), kernel_size=7, stride=2, padding=3, bias=False)
-                self.bn1 = nn.BatchNorm2d(s(64))
-            return super()._make_layer(block, s(planes), blocks, stride, dilate)
-
-    backbone = NarrowResNet(Bottleneck, list(blocks), replace_stride_with_dilation=[False, True, True])
-    backbone = IntermediateLayerGetter(backbone, return_layers={"layer4": "out", "layer3": "aux"})
-    return FCN(backbone, FCNHead(4 * s(512), num_classes), FCNHead(4 * s(256), num_classes))
 
 
 # ------------------------------------------------------------------------------------------ the name map
@@ -335,7 +237,7 @@ def test_fcn_resnet50_is_torchvisions(tv):
 
 def test_fcn_resnet101_is_torchvisions_at_width_one_eighth(tv):
     torch.manual_seed(0)
-    net = randomise(torchvision_fcn(tv, (3, 4, 23, 3), 0.125, 5), 3)
+    net = randomise(narrow_torchvision_fcn("fcn-resnet101", 5, 0.125), 3)
     model = fcn_jax.create_model("fcn-resnet101", num_classes=5, width=0.125)
     variables = variables_for(model, net)
     x = images((2, 41, 29, 3), 4)
@@ -411,7 +313,7 @@ def test_full_width_parameters_are_torchvisions(tv):
     variables = variables_for(model, net, (1, 32, 32, 3))  # every name and shape
     assert sum(v.size for v in jax.tree.leaves(variables["params"])) == sum(
         p.numel() for p in net.parameters()) == 54_314_346
-    ours = torchvision_fcn(tv, (3, 4, 23, 3), 1.0, VOC)
+    ours = narrow_torchvision_fcn("fcn-resnet101", VOC, 1.0)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 
 

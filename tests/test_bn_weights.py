@@ -4,7 +4,7 @@ Every file is written here from a PyTorch model built in the test, with random w
 running statistics, in eval mode: seed 002's own classes (``VGG11BackBone`` / ``VGG11Segmentation`` of
 ``test_bn_fcns``, ``VGG11Classification`` and ``copy_last_layer`` written out below from the seed's text),
 torchvision's ``fcn_resnet50`` and, narrower, its ``ResNet``/``FCNHead``/``FCN`` code for the ResNet-101 layout
-(``test_bn_fcns.torchvision_fcn``), torchvision's ``make_layers`` for ``vgg11_bn``. Each is saved as ``.pth``,
+(``benchmarks.torch_bn.narrow_torchvision_fcn``), torchvision's ``make_layers`` for ``vgg11_bn``. Each is saved as ``.pth``,
 ``.npz`` or ``.safetensors`` and loaded through ``fcn_jax.load_weights`` / ``loading`` / ``train_lib``; the
 logits are compared with the torch model's at odd sizes (1e-4 relative) and the variables with the name map
 of ``test_bn_fcns.torch_to_flax``.
@@ -27,7 +27,7 @@ from fcn_jax.weights import WeightsError
 
 torch = pytest.importorskip("torch")
 from test_bn_fcns import (VGG11BackBone, VGG11Segmentation, assert_close, images, nchw, nhwc,  # noqa: E402
-                          randomise, resnet_outputs, torch_to_flax, torchvision_fcn, tv)
+                          narrow_torchvision_fcn, randomise, resnet_outputs, torch_to_flax, tv)
 
 nn = torch.nn
 F = torch.nn.functional
@@ -138,13 +138,13 @@ def vgg11_bn(tv):
 @pytest.fixture(scope="module")
 def resnet101_narrow(tv):
     torch.manual_seed(3)
-    return randomise(torchvision_fcn(tv, (3, 4, 23, 3), WIDTH, NARROW_CLASSES), 4)
+    return randomise(narrow_torchvision_fcn("fcn-resnet101", NARROW_CLASSES, WIDTH), 4)
 
 
 @pytest.fixture(scope="module")
 def resnet50_narrow(tv):
     torch.manual_seed(4)
-    return randomise(torchvision_fcn(tv, (3, 4, 6, 3), WIDTH, NARROW_CLASSES), 5)
+    return randomise(narrow_torchvision_fcn("fcn-resnet50", NARROW_CLASSES, WIDTH), 5)
 
 
 def imagenet_resnet(fcn) -> dict:
