@@ -1,5 +1,6 @@
 """The reference's models (shelhamer/fcn.berkeleyvision.org) and the paper's, as data: which variant, classes
-and dataset each is, the numbers published for it and where its weights come from.
+and dataset each is, the numbers published for it and where its weights come from; and the BatchNorm FCNs
+(torchvision's FCN-ResNets, seed 002's VGG11-BN FCN) in the same form (:data:`BATCHNORM_MODELS`).
 
 A reference model is a variant of :mod:`fcn_jax.models.registry` with a class count and a dataset: the
 PASCAL-Context nets are the VOC variants with 60 outputs, NYUD colour and HHA are FCN-32s with 40. The README's
@@ -83,6 +84,26 @@ for _model in REFERENCE_MODELS:
     check_variant(_model.variant)
 
 
+_TV = "torchvision.models.segmentation"
+_COCO_VOC = "COCO train2017, VOC's 20 categories (no fcn-jax reader)"
+# torchvision's published figures (its weights' metadata, "COCO-val2017-VOC-labels"): mean IoU, pixel acc.
+BATCHNORM_MODELS: tuple[ReferenceModel, ...] = (
+    ReferenceModel("fcn_resnet50 (torchvision)", "fcn-resnet50", 21, _COCO_VOC,
+                   "60.5 mIoU, 91.4 pixel acc. on COCO val2017, VOC's 20 categories (torchvision)",
+                   f"{_TV}: fcn_resnet50_coco-1167a1af.pth", "resnet50-0676ba61.pth (ImageNet ResNet-50)",
+                   "torchvision"),
+    ReferenceModel("fcn_resnet101 (torchvision)", "fcn-resnet101", 21, _COCO_VOC,
+                   "63.7 mIoU, 91.9 pixel acc. on COCO val2017, VOC's 20 categories (torchvision)",
+                   f"{_TV}: fcn_resnet101_coco-7ecb50ca.pth", "resnet101-63fe2227.pth (ImageNet ResNet-101)",
+                   "torchvision"),
+    ReferenceModel("seed 002's VGG11-BN FCN", "fcn-vgg11bn", 7, "the seed's own 7 classes (not released)", "", "",
+                   "the seed's VGG11Classification (fc_out -> conv_out), or torchvision's vgg11_bn-6002323d.pth",
+                   "torchvision"),
+)
+for _model in BATCHNORM_MODELS:
+    check_variant(_model.variant)
+
+
 def match(variant: str, num_classes: int) -> ReferenceModel | None:
     """The reference model a (variant, class count) is, when the reference models with both agree on
     dataset and preprocessing (NYUD colour and HHA do: both ``nyud``, ``caffe-nyud``); None otherwise."""
@@ -100,4 +121,4 @@ def reference_model(name: str) -> ReferenceModel:
     raise ValueError(f"unknown reference model {name!r}; expected one of {', '.join(m.name for m in REFERENCE_MODELS)}")
 
 
-__all__ = ["DATASET_PREPROCESSING", "REFERENCE_MODELS", "ReferenceModel", "match", "reference_model"]
+__all__ = ["BATCHNORM_MODELS", "DATASET_PREPROCESSING", "REFERENCE_MODELS", "ReferenceModel", "match", "reference_model"]

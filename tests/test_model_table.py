@@ -1,0 +1,41 @@
+"""The README's model table (``docs/model_table.py``) against published figures: torchvision's parameter counts
+of fcn_resnet50/101 (with the aux head; BatchNorm statistics are buffers, not parameters) and its GFLOPS at 520
+(multiply-adds of the eval forward, which runs the aux head too), from XLA's count of the lowered forward."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "docs"))
+
+import model_table  # noqa: E402
+
+# torchvision's weight metadata: num_params, _ops (GFLOPS = multiply-adds, at 520x520)
+TORCHVISION = {"fcn-resnet50": (35_322_218, 152.717), "fcn-resnet101": (54_314_346, 232.738)}
+
+
+@pytest.mark.parametrize("variant", sorted(TORCHVISION))
+def test_fcn_resnet_counts_are_torchvisions(variant):
+    params, gmacs = TORCHVISION[variant]
+    assert model_table.parameter_count(variant, 21) == params
+    # torchvision's eval forward also runs the aux FCNHead on layer3 (65 x 65 at 520): 3x3 1024 -> 256, 1x1 -> 21
+    aux = 65 * 65 * (9 * 1024 * 256 + 256 * 21) / 1e9
+    ours = model_table.forward_gflop(variant, 21, 520) / 2 + aux
+    # XLA counts only the taps that read the image (not the zero padding): 1.8% below a count of every tap
+    assert ours == pytest.approx(gmacs, rel=0.03)
+    assert ours < gmacs
+
+
+def test_vgg_fcn_count_is_the_reference_nets():
+    """FCN-8s on VOC: the 134,477,280 parameters of the reference's voc-fcn8s (fc6 7x7x512x4096 ... score layers)."""
+    blocks = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+    convs, c_in = 0, 3
+    for n, c in blocks:
+        for _ in range(n):
+            convs += 9 * c_in * c + c
+            c_in = c
+    fc = (49 * 512 * 4096 + 4096) + (4096 * 4096 + 4096)
+    scores = (4096 * 21 + 21) + (512 * 21 + 21) + (256 * 21 + 21)
+    upsamplers = 21 * 21 * (4 * 4 + 4 * 4 + 16 * 16)  # upscore2, upscore_pool4, upscore8 (no bias)
+    assert model_table.parameter_count("fcn8s", 21) == convs + fc + scores + upsamplers
