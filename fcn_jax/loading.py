@@ -185,18 +185,18 @@ def describe_transfer(target: ModelConfig, variables: Mapping[str, Any], kept: S
     layers: zeros, as the reference initialises new score layers; upsamplers: bilinear). A layer counts as
     copied when all its arrays, in every collection, were."""
     from fcn_jax.models import upsampler_names
-    layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr') -> copied entirely
+    layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr', 'classifier/score') -> copied entirely
     for path in traverse_util.flatten_dict(as_variables(variables)):
         inner = path[1:]
-        layer = "/".join(inner[:2] if inner[0].startswith("backbone") else inner[:1])
+        layer = "/".join(inner[:2] if inner[0].startswith("backbone") else inner[:-1])
         layers[layer] = layers.get(layer, True) and _collection_path(path) not in kept
     copied = [name for name, ok in layers.items() if ok]
     backbones: dict[str, int] = {}  # 'backbone' (or a late-fusion stream's 'backbone_color') -> layers copied
     for name in copied:
         if name.startswith("backbone"):
             backbones[name.split("/")[0]] = backbones.get(name.split("/")[0], 0) + 1
-    heads = [name for name in copied if not name.startswith("backbone")]
-    parts = [f"{name} ({n} layers)" for name, n in backbones.items()] + heads
+    heads = {name: ok for name, ok in layers.items() if not name.startswith("backbone")}
+    parts = [f"{name} ({n} layers)" for name, n in backbones.items()] + _grouped(heads, True)
     ups = set(upsampler_names(target.variant))
 
     def how(name: str) -> str:
@@ -206,9 +206,22 @@ def describe_transfer(target: ModelConfig, variables: Mapping[str, Any], kept: S
             return "bilinear"
         return "zeros" if name.startswith("score") else "initialised"
 
-    fresh = [f"{name} ({how(name)})" for name, ok in layers.items() if not ok]
+    fresh = [f"{name} ({how(name)})" for name in _grouped(heads, False)]
     return (f"copied {len(copied)} of {len(layers)} layers: {', '.join(parts) or 'none'}\n"
             f"re-initialised for {target.variant} with {target.num_classes} classes: {', '.join(fresh) or 'none'}")
+
+
+def _grouped(layers: Mapping[str, bool], copied: bool) -> list[str]:
+    """The names of the head layers whose outcome is ``copied``, a head whose layers all share it by its own
+    name ('classifier'), the others layer by layer ('classifier/score')."""
+    heads: dict[str, list[str]] = {}
+    for name in layers:
+        heads.setdefault(name.split("/")[0], []).append(name)
+    names = []
+    for head, members in heads.items():
+        same = [m for m in members if layers[m] == copied]
+        names += [head] if len(same) == len(members) else same
+    return names
 
 
 def stream_sources(target: ModelConfig, init: str) -> dict[str, str]:

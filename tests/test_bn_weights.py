@@ -299,9 +299,36 @@ def test_imagenet_resnet50_starts_the_backbone_through_init(resnet50_narrow, tmp
         for head in ("classifier", "aux_classifier"):
             assert_same(started[collection][head], fresh[collection][head])  # left at the target's own
     assert convention == "torchvision"
-    assert lines == [f"init from {path} (resnet-torchvision):\ncopied 18 of 20 layers: backbone (18 layers)\n"
+    assert lines == [f"init from {path} (resnet-torchvision):\ncopied 18 of 24 layers: backbone (18 layers)\n"
                      f"re-initialised for fcn-resnet50 with {NARROW_CLASSES} classes: aux_classifier (initialised), "
                      f"classifier (initialised)"]
+
+
+def test_fcn_resnet50_coco_fine_tunes_to_new_classes_with_statistics_copied(resnet50_narrow, tmp_path, monkeypatch):
+    """--init with a torchvision fcn_resnet50 file (5 classes) for a 3-class dataset: every BatchNorm's
+    parameters and running statistics and both heads' 3x3 conv copied from the file; only the two score layers
+    (the class-count-shaped 1x1 convs) at the target's own initialisation, and reported so."""
+    path = save(resnet50_narrow.state_dict(), tmp_path / "fcn_resnet50_coco.pth")
+    cfg = get_config("shapes", "fcn-resnet50", init=str(path),
+                     model=dict(variant="fcn-resnet50", num_classes=3, width=WIDTH))
+    model = cfg.model.build()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), dict(shapes))  # a sentinel "init" ...
+    monkeypatch.setattr(train_lib, "init_variables", lambda *_: fresh)  # ... as the target's initialisation
+    lines = []
+    started, convention = train_lib.initial_variables_for(cfg, model, report=lines.append)
+    mapped = flat(torch_to_flax(resnet50_narrow.state_dict()))
+    got, sentinel = flat(started), flat(fresh)
+    assert sorted(got) == sorted(sentinel)
+    scores = {f"params/{head}/score/{leaf}" for head in ("classifier", "aux_classifier") for leaf in ("kernel", "bias")}
+    for key in got:
+        np.testing.assert_array_equal(got[key], sentinel[key] if key in scores else mapped[key], err_msg=key)
+    assert any(k.startswith("batch_stats/classifier/bn/") for k in got)  # the heads' BatchNorm statistics too
+    assert convention == "torchvision"
+    assert lines[0].startswith(f"init from {path} (fcn-resnet-torchvision):")
+    assert lines[0].endswith("\ncopied 22 of 24 layers: backbone (18 layers), aux_classifier/bn, aux_classifier/conv, "
+                             "classifier/bn, classifier/conv\nre-initialised for fcn-resnet50 with 3 classes: "
+                             "aux_classifier/score (initialised), classifier/score (initialised)")
 
 
 # ------------------------------------------------------------------------------------ detection, errors
