@@ -50,7 +50,9 @@ from fcn_jax import cli  # noqa: E402
 from fcn_jax.config import DTYPES  # noqa: E402
 from fcn_jax.cli import ArgumentParser  # noqa: E402
 from fcn_jax.models.registry import outputs  # noqa: E402
+from fcn_jax.weights import FCN_RESNET_TORCHVISION, SEED_SEGMENTATION  # noqa: E402
 
+SEED_VARIANT = "fcn-vgg11bn"  # seed 002's network
 # PyTorch mode -> its compute dtype.
 TORCH_MODES = {"eager": "float32", "bf16_cl": "bfloat16", "compile": "float32", "compile_bf16_cl": "bfloat16"}
 # The modern preset's solver (fcn_jax.config.preset('modern')).
@@ -85,64 +87,77 @@ def torch_device(platform: str) -> str:
     raise ValueError(f"no PyTorch device for JAX platform {platform!r} in this PyTorch build")
 
 
-def torch_state_dict(params: Any) -> dict[str, Any]:
-    """fcn_jax parameters as a ``benchmarks.torch_fcn.FCN`` state dict (layer names are shared;
-    HWIO kernels of convs and transposed convs alike become PyTorch's (dim0, dim1, kh, kw))."""
+def _torch_array(value: Any) -> Any:
+    """A fcn_jax array as a PyTorch tensor: HWIO kernels (convs and transposed convs alike) -> (dim0, dim1, kh, kw)."""
     import torch
 
+    array = np.asarray(value)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
+
+
+def torch_state_dict(params: Any) -> dict[str, Any]:
+    """fcn_jax parameters as a ``benchmarks.torch_fcn.FCN`` state dict (layer names are shared)."""
     state = {}
     for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
         names = [getattr(p, "key", str(p)) for p in path]
-        array = np.asarray(value)
-        state[f"{names[-2]}.{'weight' if names[-1] == 'kernel' else 'bias'}"] = torch.from_numpy(
-            np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
+        state[f"{names[-2]}.{'weight' if names[-1] == 'kernel' else 'bias'}"] = _torch_array(value)
     return state
 
 
 def torch_bn_state_dict(variables: Any, fmt: str, like: dict[str, Any]) -> dict[str, Any]:
     """fcn_jax variables (``params`` and ``batch_stats``) of a BatchNorm FCN as the state dict of the PyTorch
-    network whose own state dict is ``like`` (seed 002's or torchvision's names, weight format ``fmt`` of
-    :mod:`fcn_jax.weights_bn`: the loader's name table read backwards); HWIO kernels -> OIHW. Variables the
-    PyTorch network lacks (the aux head of an inference model) are left out; its ``num_batches_tracked`` kept."""
-    import torch
+    network whose own state dict is ``like`` (seed 002's or torchvision's names: the name table of weight format
+    ``fmt`` of :mod:`fcn_jax.weights_bn`, read backwards). Only the aux head may be absent from the PyTorch
+    network (an inference model); ``num_batches_tracked`` keeps ``like``'s value. ValueError naming the keys
+    where a variable has no PyTorch array or a PyTorch array gets no variable."""
+    from fcn_jax.weights_bn import AUX, LEAVES, torch_module
 
-    from fcn_jax.weights_bn import LEAVES, torch_module
-
-    state = dict(like)
+    state, unmapped = dict(like), []
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
         name = torch_module(fmt, path[1:-1])
         key = f"{name}.{LEAVES[path[0], path[-1]]}"
         if name is None or key not in like:
+            if path[1] != AUX:
+                unmapped.append("/".join(path))
             continue
-        array = np.asarray(value)
-        state[key] = torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
+        state[key] = _torch_array(value)
+        state.pop(key, None) if False else None
+    written = {f"{torch_module(fmt, p[1:-1])}.{LEAVES[p[0], p[-1]]}" for p in traverse_util.flatten_dict(dict(variables))}
+    missing = [k for k in like if k not in written and not k.endswith("num_batches_tracked")]
+    if unmapped or missing:
+        raise ValueError(f"{fmt}: no PyTorch array for {', '.join(unmapped) or 'none'}; no fcn_jax variable for "
+                         f"{', '.join(missing) or 'none'}")
     return state
+
+
+def torch_side_error(cfg: bench.BenchmarkConfig) -> None:
+    """ValueError where ``cfg`` has no PyTorch network: a variant other than the VGG16 FCNs and the BatchNorm
+    FCNs, or ``fcn-vgg11bn`` below width 1 (seed 002's widths are fixed)."""
+    from benchmarks import torch_bn, torch_fcn
+
+    known = (*torch_fcn.VARIANTS, SEED_VARIANT, *torch_bn.RESNET_BLOCKS)
+    if cfg.variant not in known:
+        raise ValueError(f"--variant: no PyTorch network for {cfg.variant}; compare_torch.py runs {', '.join(known)}")
+    if cfg.variant == SEED_VARIANT and cfg.width != 1.0:
+        raise ValueError(f"--width: seed 002's VGG11-BN network has fixed widths; run {SEED_VARIANT} at --width 1, "
+                         f"not {cfg.width:g}")
 
 
 def torch_model(cfg: bench.BenchmarkConfig, train: bool) -> Any:
     """The PyTorch network of ``cfg.variant`` holding the variables JAX's benchmark uses
     (:func:`fcn_jax.benchmark.synthetic_variables`): ``benchmarks.torch_fcn.FCN`` for the VGG16 FCNs, seed 002's
-    network for ``fcn-vgg11bn`` (width 1 only: the seed's widths are fixed), torchvision's ``fcn_resnet50/101``
-    (with the aux head when training) for ``fcn-resnet50/101``. ValueError for a variant without a PyTorch side."""
+    network for ``fcn-vgg11bn``, torchvision's ``fcn_resnet50/101`` (with the aux head when ``train``) for
+    ``fcn-resnet50/101``. ValueError for a configuration without a PyTorch side (:func:`torch_side_error`)."""
     from benchmarks import torch_bn, torch_fcn
-    from fcn_jax.weights import FCN_RESNET_TORCHVISION, SEED_SEGMENTATION
 
+    torch_side_error(cfg)
     variables = bench.synthetic_variables(cfg.model_config(), cfg.seed)
     if cfg.variant in torch_fcn.VARIANTS:
         model = torch_fcn.FCN(cfg.variant, cfg.num_classes, width=cfg.width)
         model.load_state_dict(torch_state_dict(variables["params"]))
         return model
-    if cfg.variant == "fcn-vgg11bn":
-        if cfg.width != 1.0:
-            raise ValueError(f"seed 002's VGG11-BN network has fixed widths; run fcn-vgg11bn at --width 1, "
-                             f"not {cfg.width:g}")
-        model, fmt = torch_bn.SeedFCN(cfg.num_classes), SEED_SEGMENTATION
-    elif cfg.variant in torch_bn.RESNET_BLOCKS:
-        model = torch_bn.torchvision_fcn(cfg.variant, cfg.num_classes, cfg.width, aux=train)
-        fmt = FCN_RESNET_TORCHVISION
-    else:
-        raise ValueError(f"no PyTorch network for {cfg.variant}; compare_torch.py runs "
-                         f"{', '.join((*torch_fcn.VARIANTS, 'fcn-vgg11bn', *torch_bn.RESNET_BLOCKS))}")
+    model, fmt = ((torch_bn.SeedFCN(cfg.num_classes), SEED_SEGMENTATION) if cfg.variant == SEED_VARIANT else
+                  (torch_bn.torchvision_fcn(cfg.variant, cfg.num_classes, cfg.width, aux=train), FCN_RESNET_TORCHVISION))
     model.load_state_dict(torch_bn_state_dict(variables, fmt, model.state_dict()))
     return model
 
@@ -348,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the comparison and prints the markdown table."""
     args = build_parser().parse_args(argv)
     base = bench_cli.config_from_args(args)
+    torch_side_error(base)
     platform.setup()
     import torch
 

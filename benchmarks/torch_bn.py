@@ -12,6 +12,8 @@ Written from the seed and torchvision, independently of fcn_jax.
 """
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -106,7 +108,7 @@ class SeedFCN(VGG11Segmentation):
 
 # ---------------------------------------------------------------------------------------- torchvision
 
-def import_torchvision():
+def import_torchvision() -> types.ModuleType:
     """``import torchvision`` with ``torch.library.register_fake`` a no-op decorator: the registry's wheels are
     built for CUDA torch, and on the CPU torch their C++ ops (nms, roi_align, ...) fail to register at import;
     the model code used here needs none of them. ImportError where torchvision is not installed."""

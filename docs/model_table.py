@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this clone's fcn_jax
 
@@ -26,7 +27,8 @@ COLUMNS = ("model", "variant", "backbone", "dataset", "classes", "input", "publi
            "parameters", "trained weights", "starts from")
 
 
-def _variables(variant: str, num_classes: int) -> dict:
+def _variables(variant: str, num_classes: int) -> dict[str, Any]:
+    """The full-width model's variables as shapes (``jax.ShapeDtypeStruct``; every collection)."""
     model = FCN(variant, num_classes)
     return jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(input_shape(variant), jnp.float32))
 
@@ -45,7 +47,8 @@ def forward_gflop(variant: str, num_classes: int, size: int = SIZE) -> float:
     return float(costs["flops"]) / 1e9
 
 
-def row(m: ReferenceModel, code_dataset: bool) -> str:
+def _row(m: ReferenceModel, code_dataset: bool) -> str:
+    """One markdown row; ``code_dataset``: the dataset is an fcn-jax dataset name (shown as code)."""
     spec = get_variant(m.variant)
     input_ = {"nyud-fcn32s-hha": "HHA"}.get(m.name, spec.inputs)
     weights = f"`{m.weights}`" if m.weights else "none released"
@@ -59,11 +62,11 @@ def main() -> None:
     header = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|"
     print(header)
     for m in REFERENCE_MODELS:
-        print(row(m, code_dataset=True))
+        print(_row(m, code_dataset=True))
     print("\nThe BatchNorm FCNs:\n")
     print(header)
     for m in BATCHNORM_MODELS:
-        print(row(m, code_dataset=False))
+        print(_row(m, code_dataset=False))
 
 
 if __name__ == "__main__":

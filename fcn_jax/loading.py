@@ -183,7 +183,9 @@ def describe_transfer(target: ModelConfig, variables: Mapping[str, Any], kept: S
     """One line per outcome of :func:`transfer` into a ``target`` model with variables (or parameters)
     ``variables``: the layers copied and the layers left at their initialisation, with what that is (score
     layers: zeros, as the reference initialises new score layers; upsamplers: bilinear). A layer counts as
-    copied when all its arrays, in every collection, were."""
+    copied when all its arrays, in every collection, were. Layers: a backbone's top-level modules
+    ('backbone/conv1_1', a ResNet block 'backbone/layer3_0'), a head's modules ('score_fr', 'classifier/score');
+    a head whose layers all share an outcome is named once ('classifier'), else layer by layer."""
     from fcn_jax.models import upsampler_names
     layers: dict[str, bool] = {}  # layer path ('backbone/conv1_1', 'score_fr', 'classifier/score') -> copied entirely
     for path in traverse_util.flatten_dict(as_variables(variables)):
@@ -206,7 +208,8 @@ def describe_transfer(target: ModelConfig, variables: Mapping[str, Any], kept: S
             return "bilinear"
         return "zeros" if name.startswith("score") else "initialised"
 
-    fresh = [f"{name} ({how(name)})" for name in _grouped(heads, False)]
+    fresh = [f"{name} ({how(name)})" for name, ok in layers.items() if name.startswith("backbone") and not ok]
+    fresh += [f"{name} ({how(name)})" for name in _grouped(heads, False)]
     return (f"copied {len(copied)} of {len(layers)} layers: {', '.join(parts) or 'none'}\n"
             f"re-initialised for {target.variant} with {target.num_classes} classes: {', '.join(fresh) or 'none'}")
 

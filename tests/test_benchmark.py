@@ -268,9 +268,9 @@ def test_compare_torch_table(tmp_path):
 
 @pytest.mark.parametrize("variant, width", [("fcn-resnet50", 0.125), ("fcn-vgg11bn", 1.0)])
 def test_compare_torch_runs_the_same_batchnorm_network(variant, width):
-    """compare_torch.py's PyTorch side of a BatchNorm FCN (torchvision's fcn_resnet50, seed 002's network) holding
-    fcn_jax's variables computes fcn_jax's logits: random kernels, BatchNorm affine parameters and running
-    statistics (each BatchNorm different), eval mode, an odd size."""
+    """compare_torch.py's PyTorch side of a BatchNorm FCN (torchvision's fcn_resnet50 with the aux head it trains
+    with, seed 002's network) holding fcn_jax's variables computes fcn_jax's logits (the aux head's too): random
+    kernels, BatchNorm affine parameters and running statistics (each BatchNorm different), eval mode, odd size."""
     pytest.importorskip("torch")
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
@@ -280,9 +280,8 @@ def test_compare_torch_runs_the_same_batchnorm_network(variant, width):
 
     from benchmarks import compare_torch
     from fcn_jax.inference import forward
-    from fcn_jax.models import main_output
 
-    cfg = bench.BenchmarkConfig(variant=variant, mode="infer", batch_size=1, image_size=(37, 53), width=width,
+    cfg = bench.BenchmarkConfig(variant=variant, mode="train", batch_size=1, image_size=(37, 53), width=width,
                                 num_classes=5, dtype="float32")
     model_config = cfg.model_config()
     rng = np.random.default_rng(0)
@@ -290,16 +289,38 @@ def test_compare_torch_runs_the_same_batchnorm_network(variant, width):
     flat = {k: (rng.uniform(0.5, 2.0, v.shape) if k[-1] in ("scale", "var") else
                 rng.uniform(-0.3, 0.3, v.shape) if v.ndim == 1 else v).astype(np.float32) for k, v in flat.items()}
     variables = traverse_util.unflatten_dict(flat)
-    net = compare_torch.torch_model(cfg, train=False)  # its own variables: replaced by the random ones
-    fmt = "fcn-resnet-torchvision" if variant.startswith("fcn-resnet") else "vgg11bn-seed"
+    net = compare_torch.torch_model(cfg, train=True)  # its own variables: replaced by the random ones
+    fmt = compare_torch.SEED_SEGMENTATION if variant == compare_torch.SEED_VARIANT else \
+        compare_torch.FCN_RESNET_TORCHVISION
     net.load_state_dict(compare_torch.torch_bn_state_dict(variables, fmt, net.state_dict()))
     image = rng.standard_normal((1, *cfg.image_size, 3)).astype(np.float32)
     with torch.no_grad():
         want = net.eval()(torch.from_numpy(image.transpose(0, 3, 1, 2)))
-    want = (want["out"] if isinstance(want, dict) else want).numpy().transpose(0, 2, 3, 1)
-    got = forward(model_config.build(), variables, jnp.asarray(image))[main_output(variant, 5).name]
-    assert got.shape == want.shape == (1, 37, 53, 5)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    want = {k: v.numpy().transpose(0, 2, 3, 1) for k, v in (want if isinstance(want, dict) else {"out": want}).items()}
+    model = model_config.build()
+    got = {"out": forward(model, variables, jnp.asarray(image))["out"]}
+    if "aux" in want:  # a training-only output: its head called on the backbone's maps
+        got["aux"] = model.apply(variables, jnp.asarray(image), method=lambda m, x: m.heads[1]([m.backbone(x)],
+                                                                                             *x.shape[1:3]))
+    assert sorted(got) == sorted(want) == (["aux", "out"] if variant == "fcn-resnet50" else ["out"])
+    for name in want:
+        assert got[name].shape == want[name].shape == (1, 37, 53, 5)
+        np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "fcn-vgg11bn", "--width", "0.5"], "--width: seed 002's VGG11-BN network has fixed widths"),
+    (["--variant", "fcn-googlenet"], "--variant: no PyTorch network for fcn-googlenet"),
+])
+def test_compare_torch_refuses_a_network_without_a_pytorch_side(args, message, capsys):
+    pytest.importorskip("torch")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import compare_torch
+
+    assert compare_torch.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------- the command-line runs (started with the module)

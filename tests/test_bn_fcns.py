@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a dev-only package at the repository root
     sys.path.insert(0, str(ROOT))
 from benchmarks import torch_bn  # noqa: E402
-from benchmarks.torch_bn import VGG11BackBone, VGG11Segmentation, narrow_torchvision_fcn  # noqa: E402,F401
+from benchmarks.torch_bn import VGG11Segmentation, narrow_torchvision_fcn  # noqa: E402
 
 SEED_CLASSES = 7  # the seed's num_classes
 VOC = 21

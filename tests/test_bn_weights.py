@@ -26,8 +26,8 @@ from fcn_jax.convert import main as convert_main
 from fcn_jax.weights import WeightsError
 
 torch = pytest.importorskip("torch")
-from test_bn_fcns import (VGG11BackBone, VGG11Segmentation, assert_close, images, nchw, nhwc,  # noqa: E402
-                          narrow_torchvision_fcn, randomise, resnet_outputs, torch_to_flax, tv)
+from test_bn_fcns import assert_close, images, nchw, nhwc, randomise, resnet_outputs, torch_to_flax, tv  # noqa: E402
+from benchmarks.torch_bn import VGG11BackBone, VGG11Segmentation, narrow_torchvision_fcn  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional

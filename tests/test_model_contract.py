@@ -293,9 +293,14 @@ def test_init_transfers_backbone_and_statistics_into_another_class_count(trained
         np.testing.assert_array_equal(ln[key], ls[key] if copied else lf[key], err_msg=key)
     assert "copied" in lines[0] and "backbone (4 layers)" in lines[0]
     reinit = lines[0].split("re-initialised for test-bn-fcn with 3 classes: ")[1]
-    assert "score_fr (zeros)" in reinit and "upscore2 (bilinear)" in reinit and "aux_classifier" in reinit
-    # big_vision's dont_load: a regular expression keeps matching arrays at their initialisation
-    new, _ = loading.init_variables(target_cfg, fresh, str(trained["straight"]), dont_load=("backbone/bn1/.*",))
+    assert "score_fr (zeros)" in reinit and "upscore2 (bilinear)" in reinit
+    assert "aux_classifier/score (initialised)" in reinit and "aux_classifier (initialised)" not in reinit
+    # big_vision's dont_load: a regular expression keeps matching arrays at their initialisation (and says so)
+    lines = []
+    new, _ = loading.init_variables(target_cfg, fresh, str(trained["straight"]), dont_load=("backbone/bn1/.*",),
+                                    report=lines.append)
+    assert "backbone (3 layers)" in lines[0]
+    assert lines[0].split("re-initialised for test-bn-fcn with 3 classes: ")[1].startswith("backbone/bn1 (initialised), ")
     ln = leaves(new)
     np.testing.assert_array_equal(ln["batch_stats/backbone/bn1/mean"], lf["batch_stats/backbone/bn1/mean"])
     np.testing.assert_array_equal(ln["params/backbone/bn1/scale"], lf["params/backbone/bn1/scale"])

@@ -23,19 +23,6 @@ def test_fcn_resnet_counts_are_torchvisions(variant):
     aux = 65 * 65 * (9 * 1024 * 256 + 256 * 21) / 1e9
     ours = model_table.forward_gflop(variant, 21, 520) / 2 + aux
     # XLA counts only the taps that read the image (not the zero padding): 1.8% below a count of every tap
-    assert ours == pytest.approx(gmacs, rel=0.03)
+    assert ours == pytest.approx(gmacs, rel=0.02)
     assert ours < gmacs
 
-
-def test_vgg_fcn_count_is_the_reference_nets():
-    """FCN-8s on VOC: the 134,477,280 parameters of the reference's voc-fcn8s (fc6 7x7x512x4096 ... score layers)."""
-    blocks = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
-    convs, c_in = 0, 3
-    for n, c in blocks:
-        for _ in range(n):
-            convs += 9 * c_in * c + c
-            c_in = c
-    fc = (49 * 512 * 4096 + 4096) + (4096 * 4096 + 4096)
-    scores = (4096 * 21 + 21) + (512 * 21 + 21) + (256 * 21 + 21)
-    upsamplers = 21 * 21 * (4 * 4 + 4 * 4 + 16 * 16)  # upscore2, upscore_pool4, upscore8 (no bias)
-    assert model_table.parameter_count("fcn8s", 21) == convs + fc + scores + upsamplers

@@ -17,10 +17,12 @@ from fcn_jax.models.registry import check_variant
 class ReferenceModel(NamedTuple):
     """One published FCN.
 
-    name: the reference's directory name (``voc-fcn8s``), or the paper's name where it released none.
-    variant / num_classes: the fcn-jax model; dataset: the fcn-jax dataset name it trains and evaluates on.
-    published: the mean IU (percent) published for it and where, or '' if none was.
-    weights: where its trained weights come from (the reference's ``caffemodel-url`` file), or ''.
+    name: the reference's directory name (``voc-fcn8s``), or the paper's name where it released none
+    (:data:`BATCHNORM_MODELS`: torchvision's builder, the seed's network).
+    variant / num_classes: the fcn-jax model; dataset: the fcn-jax dataset name it trains and evaluates on
+    (:data:`BATCHNORM_MODELS`: a description, their data having no fcn-jax reader).
+    published: the figures (percent) published for it and where, or '' if none were.
+    weights: where its trained weights come from (the reference's ``caffemodel-url`` file, torchvision's file), or ''.
     start: the ImageNet (or earlier-stage) weights its training starts from.
     preprocessing: the input convention of its data layer (``fcn_jax.preprocess``: the dataset's mean).
     """
@@ -105,7 +107,8 @@ for _model in BATCHNORM_MODELS:
 
 
 def match(variant: str, num_classes: int) -> ReferenceModel | None:
-    """The reference model a (variant, class count) is, when the reference models with both agree on
+    """The reference model (of :data:`REFERENCE_MODELS`: the Caffe ones, whose files say nothing of their dataset
+    and preprocessing) a (variant, class count) is, when the reference models with both agree on
     dataset and preprocessing (NYUD colour and HHA do: both ``nyud``, ``caffe-nyud``); None otherwise."""
     found = [m for m in REFERENCE_MODELS if m.variant == variant and m.num_classes == num_classes]
     if not found or len({(m.dataset, m.preprocessing) for m in found}) != 1:
