@@ -77,6 +77,9 @@ def test_a_non_finite_update_is_not_applied():
 
 _BEFORE_THE_LOOP = """
 import os, signal, sys, time
+# Ctrl-C's handler as in a terminal, also where pytest itself runs with SIGINT ignored (started by `nohup ... &`,
+# whose children inherit SIG_IGN, which Python then leaves in place)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fcn_jax.data import pipeline
 real = pipeline.train_iterator
 
