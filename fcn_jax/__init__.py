@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from fcn_jax.config import DTYPES, ModelConfig
+from fcn_jax.deploy import export_model
 from fcn_jax.inference import Inference, predict
 from fcn_jax.models import FCN, VARIANTS
 from fcn_jax.preprocess import deprocess, preprocess
@@ -59,5 +60,5 @@ def load_weights(path: str | os.PathLike, variant: str | None = None, num_classe
     return (variables, dict(info.meta)) if return_meta else variables
 
 
-__all__ = ["FCN", "Inference", "ModelConfig", "VARIANTS", "create_model", "deprocess", "load_model",
+__all__ = ["FCN", "Inference", "ModelConfig", "VARIANTS", "create_model", "deprocess", "export_model", "load_model",
            "load_weights", "predict", "preprocess"]

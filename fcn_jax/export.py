@@ -1,24 +1,8 @@
-"""``python -m fcn_jax.export``: the name is kept for model export; datasets are exported to a folder with
-``python -m fcn_jax.dataset export`` (:mod:`fcn_jax.cli.dataset`). Until model export lands here, the old
-dataset form (``python -m fcn_jax.export DATASET OUT_DIR ...``) gets one line naming the new command, exit code 2."""
-from __future__ import annotations
-
-import shlex
+"""``python -m fcn_jax.export``: the model exporter's documented entry point (the tool is :mod:`fcn_jax.cli.export`,
+the library :mod:`fcn_jax.deploy`)."""
 import sys
-from collections.abc import Sequence
 
-PROG = "python -m fcn_jax.export"
-DATASET_EXPORT = "python -m fcn_jax.dataset export"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Names the new dataset command for the old form (with the given arguments) on stderr; returns 2."""
-    from fcn_jax.cli import fail
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = f"{DATASET_EXPORT} {shlex.join(argv) if argv else 'DATASET OUT_DIR'}"
-    return fail(PROG, f"fcn_jax.export no longer exports datasets (the name is for model export); to export a "
-                      f"dataset to a folder use: {command}")
-
+from fcn_jax.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

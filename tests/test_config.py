@@ -138,7 +138,7 @@ def test_console_scripts_name_each_tool():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
     assert set(scripts) == {"fcn-train", "fcn-eval", "fcn-predict", "fcn-benchmark", "fcn-convert", "fcn-score",
-                            "fcn-dataset"}
+                            "fcn-dataset", "fcn-export"}
     import importlib
     for name, target in scripts.items():
         module, function = target.split(":")

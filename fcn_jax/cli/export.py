@@ -1,0 +1,90 @@
+"""``python -m fcn_jax.export MODEL --out FILE`` / ``fcn-export``: a trained model as a StableHLO artifact that
+runs without fcn-jax (:mod:`fcn_jax.deploy`). Exit status 0 on success, 2 on bad input (one line on stderr).
+
+The old dataset form (``python -m fcn_jax.export DATASET OUT_DIR ...``, now ``python -m fcn_jax.dataset export``)
+gets one line naming the new command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from fcn_jax.cli import ArgumentParser, UsageError, fail, user_errors
+from fcn_jax.cli.benchmark import parse_image_size
+from fcn_jax.config import DTYPES
+
+PROG = "python -m fcn_jax.export"
+DATASET_EXPORT = "python -m fcn_jax.dataset export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained FCN (a training workdir, a checkpoint or a weights file) as one StableHLO\n"
+                    "file (jax.export, weights embedded, lowered for cpu, cuda and tpu) and FILE.json (classes,\n"
+                    "colours, preprocessing, signature). Reload with jax.export.deserialize(...).call(x).",
+        epilog="examples:\n"
+               "  %(prog)s runs/fcn16s --out fcn16s.stablehlo --image-size 375x500\n"
+               "  %(prog)s ckpt/fcn-resnet50 --out resnet.stablehlo                 # any batch, H and W\n"
+               "  %(prog)s runs/fcn16s --out seg.stablehlo --image-size 500 --with-preprocessing --probabilities\n"
+               "exit status: 0 ok, 2 bad input (one line on stderr)")
+    parser.add_argument("model", metavar="MODEL", help="training workdir, checkpoint directory or weights file")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the artifact to write (and FILE.json)")
+    parser.add_argument("--format", default="stablehlo", choices=("stablehlo",), help="artifact format")
+    parser.add_argument("--image-size", type=parse_image_size, metavar="H[xW]",
+                        help="fixed input size (default: symbolic height and width where the network allows it: "
+                             "the FCN-ResNets and FCN-AlexNet; the others need this flag)")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="fixed batch size (default: symbolic)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), help="compute dtype (default: the model's)")
+    parser.add_argument("--with-preprocessing", action="store_true",
+                        help="the artifact takes uint8 RGB images (B, H, W, 3) and returns int32 labels (B, H, W)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="with --with-preprocessing: also return the softmax probabilities (B, H, W, C)")
+    parser.add_argument("--step", default="best", help="checkpoint step of a workdir: best, latest or N")
+    parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    return parser
+
+
+def _old_dataset_form(argv: Sequence[str]) -> bool:
+    """``DATASET OUT_DIR [...]`` without --out: what ``python -m fcn_jax.export`` meant before model export."""
+    positional = [a for a in argv if not a.startswith("-")]
+    return (not any(a == "--out" or a.startswith("--out=") for a in argv) and len(positional) >= 2
+            and not os.path.exists(positional[0]))
+
+
+@user_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exports the model; prints what it wrote."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _old_dataset_form(argv):
+        return fail(PROG, f"fcn_jax.export no longer exports datasets (the name is for model export); to export a "
+                          f"dataset to a folder use: {DATASET_EXPORT} {shlex.join(argv)}")
+    args = build_parser().parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.probabilities and not args.with_preprocessing:
+        raise UsageError("--probabilities: only with --with-preprocessing (the plain artifact returns logits)")
+    if not os.path.exists(args.model):
+        raise UsageError(f"{args.model}: no such file or directory")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise UsageError(f"--out {args.out}: already exists (pass --overwrite to replace it)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out {args.out}: its directory does not exist")
+    step = int(args.step) if args.step.isdigit() else args.step
+    from fcn_jax import platform
+    platform.setup()
+    from fcn_jax.deploy import export_model
+    result = export_model(args.model, args.out, format=args.format, image_size=args.image_size,
+                          batch_size=args.batch_size, dtype=args.dtype, with_preprocessing=args.with_preprocessing,
+                          probabilities=args.probabilities, step=step)
+    shape = "x".join(map(str, result.input_shape))
+    print(f"wrote {result.path} ({result.nbytes / 1e6:.1f} MB; input {shape}, outputs "
+          f"{', '.join('x'.join(map(str, s)) for s in result.output_shapes)}) and {result.metadata_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

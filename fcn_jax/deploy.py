@@ -1,0 +1,161 @@
+"""A trained FCN as a serialized program that runs without fcn-jax: StableHLO through ``jax.export``.
+
+::
+
+    fcn_jax.export_model("runs/fcn16s", "fcn16s.stablehlo", image_size=(375, 500))
+    # anywhere with jax (no fcn-jax, no flax):
+    exported = jax.export.deserialize(open("fcn16s.stablehlo", "rb").read())
+    logits = exported.call(x)              # x: (B, 375, 500, 3) float32, preprocessed, NHWC
+
+The artifact is one file holding the network with its weights embedded (the variables are constants of the
+program: nothing else to ship), lowered for cpu, cuda and tpu at once; ``exported.call`` runs it on the default
+device. The batch dimension is symbolic unless ``batch_size`` is given. Height and width are symbolic where the
+network's size arithmetic allows it (:func:`supports_symbolic_size`: the FCN-ResNets and FCN-AlexNet, sizes of
+at least :data:`MIN_SYMBOLIC_SIZE`); the VGG FCNs (five ceil-mode pools and Caffe crops) and FCN-GoogLeNet need a
+fixed ``image_size``, and so does any network on request. Calling an artifact with a size it was not exported
+for is an error from ``jax.export`` naming the expected shape (a fixed size), or the constraint ``h >= 32``
+(a symbolic one: the ValueError's cause says "Input shapes do not match the symbolic shape constraint").
+
+Inputs and outputs (NHWC):
+
+- plain: float32 (B, H, W, C_in) preprocessed input (the model's convention, :func:`fcn_jax.preprocess`) ->
+  float32 logits (B, H, W, classes) of the main output;
+- ``with_preprocessing``: uint8 RGB (B, H, W, 3) -> int32 labels (B, H, W), and with ``probabilities`` also
+  float32 softmax probabilities (B, H, W, classes).
+
+Beside ``FILE`` goes ``FILE.json``: the variant, classes, class names, colours, preprocessing convention, input
+and output signature and the fcn-jax version. The two are written together (:func:`fcn_jax.io.atomic_group`):
+both whole, or neither.
+Serialization needs the ``flatbuffers`` package (a dependency of fcn-jax).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fcn_jax import io
+from fcn_jax.inference import forward
+from fcn_jax.loading import ModelInfo, load
+from fcn_jax.models.registry import get_variant, input_shape, main_output, require
+from fcn_jax.preprocess import preprocess
+
+__all__ = ["FORMATS", "MIN_SYMBOLIC_SIZE", "PLATFORMS", "ExportResult", "export_model", "export_stablehlo",
+           "supports_symbolic_size"]
+
+FORMATS = ("stablehlo",)
+PLATFORMS = ("cpu", "cuda", "tpu")
+MIN_SYMBOLIC_SIZE = 32  # the smallest height / width a symbolic-size artifact accepts (the output stride)
+# Backbones whose size arithmetic jax.export's shape polymorphism decides: the VGG FCNs' five ceil-mode pools
+# and crops give comparisons its decision procedure does not finish; GoogLeNet's and VGG11-BN's are inconclusive.
+SYMBOLIC_SIZE_BACKBONES = ("resnet50", "resnet101", "alexnet")
+
+
+def supports_symbolic_size(variant: str) -> bool:
+    """Whether ``variant`` exports with symbolic height and width (else a fixed ``image_size`` is needed)."""
+    return get_variant(variant).backbone in SYMBOLIC_SIZE_BACKBONES
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote: ``path`` (the artifact), ``metadata_path`` (its JSON), ``nbytes`` (the
+    artifact's size), ``input_shape`` / ``output_shapes`` (with symbolic dimensions as names: 'b', 'h', 'w')."""
+
+    path: str
+    metadata_path: str
+    nbytes: int
+    input_shape: tuple[int | str, ...]
+    output_shapes: tuple[tuple[int | str, ...], ...]
+
+
+def _input_spec(variant: str, image_size: tuple[int, int] | None, batch_size: int | None,
+                dtype: Any) -> jax.ShapeDtypeStruct:
+    """The exported function's input: (B, H, W, C) with symbolic B (unless ``batch_size``) and H, W (unless
+    ``image_size``). ValueError where the network needs a fixed size."""
+    channels = input_shape(variant)[-1]
+    if image_size is None and not supports_symbolic_size(variant):
+        raise ValueError(f"{variant}: its size arithmetic (ceil-mode pooling, Caffe crops) cannot be exported "
+                         f"with symbolic height and width; pass --image-size HxW (a fixed size)")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image size must be two positive integers, got {image_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    dims = ["b" if batch_size is None else str(batch_size)]
+    dims += ["h", "w"] if image_size is None else [str(image_size[0]), str(image_size[1])]
+    constraints = (f"h >= {MIN_SYMBOLIC_SIZE}", f"w >= {MIN_SYMBOLIC_SIZE}") if image_size is None else ()
+    shape = jax.export.symbolic_shape(", ".join(dims + [str(channels)]), constraints=constraints)
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def export_stablehlo(model: Any, variables: Mapping[str, Any], info: ModelInfo, *,
+                     image_size: tuple[int, int] | None = None, batch_size: int | None = None,
+                     with_preprocessing: bool = False, probabilities: bool = False) -> jax.export.Exported:
+    """The :class:`jax.export.Exported` of ``model`` with ``variables`` embedded (see the module docstring for
+    inputs and outputs). ValueError for a network without a single RGB output when ``with_preprocessing``."""
+    variant = info.config.variant
+    output = main_output(variant, info.config.num_classes).name
+    if with_preprocessing:
+        require(variant, rgb=True, single_output=True, tool="export --with-preprocessing")
+    elif probabilities:
+        raise ValueError("probabilities: only with with_preprocessing (the plain artifact returns logits)")
+    variables = jax.tree.map(jnp.asarray, dict(variables))
+
+    def logits(x: jax.Array) -> jax.Array:
+        return forward(model, variables, x)[output].astype(jnp.float32)
+
+    def segment(images: jax.Array) -> Any:
+        scores = logits(preprocess(images, info.preprocessing))
+        labels = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        return (labels, jax.nn.softmax(scores, axis=-1)) if probabilities else labels
+
+    if with_preprocessing:
+        spec = _input_spec(variant, image_size, batch_size, jnp.uint8)
+        return jax.export.export(jax.jit(segment), platforms=PLATFORMS)(spec)
+    spec = _input_spec(variant, image_size, batch_size, jnp.float32)
+    return jax.export.export(jax.jit(logits), platforms=PLATFORMS)(spec)
+
+
+def _dims(shape: Any) -> tuple[int | str, ...]:
+    return tuple(d if isinstance(d, int) else str(d) for d in shape)
+
+
+def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: str = "stablehlo",
+                 image_size: tuple[int, int] | None = None, batch_size: int | None = None,
+                 dtype: str | None = None, with_preprocessing: bool = False, probabilities: bool = False,
+                 step: str | int = "best") -> ExportResult:
+    """Exports ``model`` (anything :func:`fcn_jax.load_model` loads: a training workdir, a checkpoint, a weights
+    file) to ``out`` in ``format`` ('stablehlo'), with its metadata in ``out + '.json'``. ``dtype`` overrides
+    the compute dtype (float32 / bfloat16; the outputs stay float32). Both files appear together or not at all."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    variables, info = load(model, step=step, dtype=dtype)
+    exported = export_stablehlo(info.config.build(), variables, info, image_size=image_size, batch_size=batch_size,
+                                with_preprocessing=with_preprocessing, probabilities=probabilities)
+    blob = exported.serialize()
+    from fcn_jax import __version__
+    out = os.fspath(out)
+    inputs = _dims(exported.in_avals[0].shape)
+    outputs = tuple(_dims(a.shape) for a in exported.out_avals)
+    meta = {"format": format, "fcn_jax_version": __version__, "jax_version": jax.__version__,
+            "platforms": list(exported.platforms), "source": info.source, "step": info.step,
+            "model": dataclasses.asdict(info.config), "class_names": list(info.class_names),
+            "colours": None if info.colours is None else [list(c) for c in info.colours],
+            "preprocessing": info.preprocessing, "with_preprocessing": with_preprocessing,
+            "input": {"shape": list(inputs), "dtype": str(exported.in_avals[0].dtype),
+                      "layout": "NHWC, uint8 RGB" if with_preprocessing else
+                                f"NHWC, float32, preprocessed ({info.preprocessing})"},
+            "outputs": [{"shape": list(s), "dtype": str(a.dtype)} for s, a in zip(outputs, exported.out_avals)],
+            "weights": "embedded", "nbytes": len(blob)}
+    text = json.dumps(meta, indent=2) + "\n"
+    with io.atomic_group([out + ".json", out]) as (meta_tmp, blob_tmp):  # both files or neither
+        for path, data in ((meta_tmp, text.encode("utf8")), (blob_tmp, blob)):
+            with open(path, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    return ExportResult(out, out + ".json", len(blob), inputs, outputs)
