@@ -1,4 +1,5 @@
-"""A trained FCN as a serialized program that runs without fcn-jax: StableHLO through ``jax.export``.
+"""A trained FCN as a serialized program that runs without fcn-jax: StableHLO through ``jax.export``, and ONNX
+through jax2onnx (the same traced function: one source of truth, no second graph of the network).
 
 ::
 
@@ -27,6 +28,13 @@ Beside ``FILE`` goes ``FILE.json``: the variant, classes, class names, colours, 
 and output signature and the fcn-jax version. The two are written together (:func:`fcn_jax.io.atomic_group`):
 both whole, or neither.
 Serialization needs the ``flatbuffers`` package (a dependency of fcn-jax).
+
+ONNX (:func:`export_onnx`, the optional extra ``fcn-jax[onnx]``): the same inputs and outputs (NHWC; names
+``input`` / ``images`` and ``logits`` / ``labels``, ``probabilities``), the variables as initializers, the
+metadata in the model's ``metadata_props``; fixed height and width, a dynamic batch ``B`` where the network
+allows it (the VGG16 FCNs, FCN-AlexNet, FCN-GoogLeNet; the FCN-ResNets and fcn-vgg11bn need ``batch_size``).
+Every max pooling is a ``jnp.pad`` + VALID ``nn.max_pool`` (:func:`fcn_jax.models.layers.max_pool`) so that it
+becomes an ONNX MaxPool that onnxruntime runs.
 """
 from __future__ import annotations
 
@@ -48,7 +56,8 @@ from fcn_jax.preprocess import preprocess
 __all__ = ["FORMATS", "MIN_SYMBOLIC_SIZE", "PLATFORMS", "ExportResult", "export_model", "export_stablehlo",
            "supports_symbolic_size"]
 
-FORMATS = ("stablehlo",)
+FORMATS = ("stablehlo", "onnx")
+ONNX_INSTALL = "pip install 'fcn-jax[onnx]' (jax2onnx, onnx, onnxruntime)"
 PLATFORMS = ("cpu", "cuda", "tpu")
 MIN_SYMBOLIC_SIZE = 32  # the smallest height / width a symbolic-size artifact accepts (the output stride)
 # Backbones whose size arithmetic jax.export's shape polymorphism decides: the VGG FCNs' five ceil-mode pools
@@ -63,11 +72,12 @@ def supports_symbolic_size(variant: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_model` wrote: ``path`` (the artifact), ``metadata_path`` (its JSON), ``nbytes`` (the
+    """What :func:`export_model` wrote: ``path`` (the artifact), ``metadata_path`` (its JSON; None for ONNX,
+    whose metadata are in the file), ``nbytes`` (the
     artifact's size), ``input_shape`` / ``output_shapes`` (with symbolic dimensions as names: 'b', 'h', 'w')."""
 
     path: str
-    metadata_path: str
+    metadata_path: str | None
     nbytes: int
     input_shape: tuple[int | str, ...]
     output_shapes: tuple[tuple[int | str, ...], ...]
@@ -97,6 +107,15 @@ def export_stablehlo(model: Any, variables: Mapping[str, Any], info: ModelInfo, 
                      with_preprocessing: bool = False, probabilities: bool = False) -> jax.export.Exported:
     """The :class:`jax.export.Exported` of ``model`` with ``variables`` embedded (see the module docstring for
     inputs and outputs). ValueError for a network without a single RGB output when ``with_preprocessing``."""
+    fn = _segmenter(model, variables, info, with_preprocessing, probabilities)
+    spec = _input_spec(info.config.variant, image_size, batch_size, jnp.uint8 if with_preprocessing else jnp.float32)
+    return jax.export.export(jax.jit(fn), platforms=PLATFORMS)(spec)
+
+
+def _segmenter(model: Any, variables: Mapping[str, Any], info: ModelInfo, with_preprocessing: bool,
+               probabilities: bool) -> Any:
+    """The function to export: preprocessed float32 (B, H, W, C_in) -> float32 logits, or with preprocessing
+    uint8 RGB (B, H, W, 3) -> int32 labels (and float32 probabilities)."""
     variant = info.config.variant
     output = main_output(variant, info.config.num_classes).name
     if with_preprocessing:
@@ -113,11 +132,62 @@ def export_stablehlo(model: Any, variables: Mapping[str, Any], info: ModelInfo, 
         labels = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         return (labels, jax.nn.softmax(scores, axis=-1)) if probabilities else labels
 
-    if with_preprocessing:
-        spec = _input_spec(variant, image_size, batch_size, jnp.uint8)
-        return jax.export.export(jax.jit(segment), platforms=PLATFORMS)(spec)
-    spec = _input_spec(variant, image_size, batch_size, jnp.float32)
-    return jax.export.export(jax.jit(logits), platforms=PLATFORMS)(spec)
+    return segment if with_preprocessing else logits
+
+
+def export_onnx(model: Any, variables: Mapping[str, Any], info: ModelInfo, *, image_size: tuple[int, int] | None,
+                batch_size: int | None = None, with_preprocessing: bool = False,
+                probabilities: bool = False) -> Any:
+    """The ``onnx.ModelProto`` of ``model`` with ``variables`` as initializers, traced by jax2onnx from the same
+    function as the StableHLO export (inputs and outputs as in the module docstring; NHWC). Height and width are
+    fixed (``image_size``: ValueError without it); the batch is dynamic ('B') unless ``batch_size``, where the
+    network allows it (the bilinear resizes of the FCN-ResNets and fcn-vgg11bn need a fixed batch: ValueError
+    saying to pass one). The model's metadata go into ``metadata_props``. ImportError naming the extra to
+    install without jax2onnx / onnx."""
+    try:
+        import onnx  # noqa: F401
+        from jax2onnx import to_onnx
+    except ImportError:
+        raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
+    variant = info.config.variant
+    if image_size is None:
+        raise ValueError(f"{variant}: ONNX export has fixed height and width here; pass --image-size HxW")
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image size must be two positive integers, got {image_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    fn = _segmenter(model, variables, info, with_preprocessing, probabilities)
+    shape = ("B" if batch_size is None else batch_size, *image_size, 3 if with_preprocessing else input_shape(variant)[-1])
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(", ".join(map(str, shape))),
+                                jnp.uint8 if with_preprocessing else jnp.float32)
+    outputs = ["labels", "probabilities"] if probabilities else ["labels"] if with_preprocessing else ["logits"]
+    try:
+        proto = to_onnx(fn, [spec], model_name=variant, input_names=["images" if with_preprocessing else "input"],
+                        output_names=outputs)
+    except jax.errors.InconclusiveDimensionOperation:
+        if batch_size is None:
+            raise ValueError(f"{variant}: its graph needs a fixed batch size for ONNX; pass --batch-size N") from None
+        raise
+    _set_metadata(proto, _metadata(info, "onnx", with_preprocessing))
+    return proto
+
+
+def _metadata(info: ModelInfo, format: str, with_preprocessing: bool) -> dict[str, Any]:
+    """What a deployment needs to know besides the graph: model, classes, colours, input convention, versions."""
+    from fcn_jax import __version__
+    return {"format": format, "fcn_jax_version": __version__, "jax_version": jax.__version__,
+            "source": info.source, "step": info.step, "model": dataclasses.asdict(info.config),
+            "variant": info.config.variant, "class_names": list(info.class_names),
+            "colours": None if info.colours is None else [list(c) for c in info.colours],
+            "preprocessing": info.preprocessing, "with_preprocessing": with_preprocessing}
+
+
+def _set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
+    """``meta`` as the ONNX model's ``metadata_props`` (strings as they are, anything else as JSON)."""
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
 
 
 def _dims(shape: Any) -> tuple[int | str, ...]:
@@ -129,23 +199,27 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
                  dtype: str | None = None, with_preprocessing: bool = False, probabilities: bool = False,
                  step: str | int = "best") -> ExportResult:
     """Exports ``model`` (anything :func:`fcn_jax.load_model` loads: a training workdir, a checkpoint, a weights
-    file) to ``out`` in ``format`` ('stablehlo'), with its metadata in ``out + '.json'``. ``dtype`` overrides
-    the compute dtype (float32 / bfloat16; the outputs stay float32). Both files appear together or not at all."""
+    file) to ``out`` in ``format``: 'stablehlo' with its metadata in ``out + '.json'`` (both files appear
+    together or not at all), or 'onnx' (one file, metadata in ``metadata_props``; written atomically).
+    ``dtype`` overrides the compute dtype (float32 / bfloat16; the outputs stay float32)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
     variables, info = load(model, step=step, dtype=dtype)
+    out = os.fspath(out)
+    if format == "onnx":
+        proto = export_onnx(info.config.build(), variables, info, image_size=image_size, batch_size=batch_size,
+                            with_preprocessing=with_preprocessing, probabilities=probabilities)
+        blob = proto.SerializeToString()
+        value_dims = [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
+                      for v in (*proto.graph.input, *proto.graph.output)]
+        io.write_bytes(out, blob)
+        return ExportResult(out, None, len(blob), value_dims[0], tuple(value_dims[1:]))
     exported = export_stablehlo(info.config.build(), variables, info, image_size=image_size, batch_size=batch_size,
                                 with_preprocessing=with_preprocessing, probabilities=probabilities)
     blob = exported.serialize()
-    from fcn_jax import __version__
-    out = os.fspath(out)
     inputs = _dims(exported.in_avals[0].shape)
     outputs = tuple(_dims(a.shape) for a in exported.out_avals)
-    meta = {"format": format, "fcn_jax_version": __version__, "jax_version": jax.__version__,
-            "platforms": list(exported.platforms), "source": info.source, "step": info.step,
-            "model": dataclasses.asdict(info.config), "class_names": list(info.class_names),
-            "colours": None if info.colours is None else [list(c) for c in info.colours],
-            "preprocessing": info.preprocessing, "with_preprocessing": with_preprocessing,
+    meta = {**_metadata(info, format, with_preprocessing), "platforms": list(exported.platforms),
             "input": {"shape": list(inputs), "dtype": str(exported.in_avals[0].dtype),
                       "layout": "NHWC, uint8 RGB" if with_preprocessing else
                                 f"NHWC, float32, preprocessed ({info.preprocessing})"},

@@ -155,3 +155,73 @@ def test_a_full_disk_leaves_neither_file(fcn8s, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0], err
     assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------- ONNX
+
+ONNX_CASES = [  # variant, convention, batch (None: dynamic), sizes (H, W) exported
+    ("fcn8s", "caffe", None, ((37, 53), (64, 45))),
+    ("fcn-alexnet", "caffe", None, ((41, 35),)),
+    ("fcn-googlenet", "caffe", None, ((35, 47),)),
+    ("fcn-resnet50", "torchvision", 2, ((33, 47),)),
+    ("fcn-vgg11bn", "torchvision", 2, ((45, 39),)),
+]
+
+
+def ort_session(path: str):
+    ort = pytest.importorskip("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("variant, convention, batch, sizes", ONNX_CASES, ids=[c[0] for c in ONNX_CASES])
+def test_onnx_file_on_onnxruntime_equals_the_model(variant, convention, batch, sizes, tmp_path_factory, tmp_path):
+    """onnxruntime (graph optimisations on) on the exported file against ``model.apply``: max error 1e-4 of the
+    largest logit, argmax agreement >= 0.999, batch 2 (and batch 1 where the batch is dynamic)."""
+    pytest.importorskip("jax2onnx")
+    config = ModelConfig(variant=variant, num_classes=len(CLASSES), width=1 / 16)
+    path, variables = saved(tmp_path_factory, config, convention)
+    rng = np.random.default_rng(4)
+    for height, width in sizes:
+        out = str(tmp_path / f"{variant}-{height}x{width}.onnx")
+        result = export_model(path, out, format="onnx", image_size=(height, width), batch_size=batch)
+        assert result.input_shape == ("B" if batch is None else batch, height, width, 3)
+        session = ort_session(out)
+        meta = session.get_modelmeta().custom_metadata_map
+        assert json.loads(meta["class_names"]) == list(CLASSES) and meta["preprocessing"] == convention
+        assert meta["variant"] == variant and meta["fcn_jax_version"] == fcn_jax.__version__
+        for n in (2,) if batch else (2, 1):
+            x = (50 if convention == "caffe" else 1) * rng.standard_normal((n, height, width, 3)).astype(np.float32)
+            got = session.run(None, {"input": x})[0]
+            want = reference(config, variables, x)
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+            assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.999
+
+
+def test_onnx_uint8_graph_gives_the_labels_of_inference(fcn8s, tmp_path):
+    pytest.importorskip("jax2onnx")
+    config, path, variables = fcn8s
+    out = str(tmp_path / "seg.onnx")
+    export_model(path, out, format="onnx", image_size=(29, 41), with_preprocessing=True, probabilities=True)
+    images = np.random.default_rng(5).integers(0, 256, (2, 29, 41, 3), dtype=np.uint8)
+    labels, probs = ort_session(out).run(None, {"images": images})
+    segment = fcn_jax.Inference(config.build(), variables, "caffe")
+    for image, label, prob in zip(images, labels, probs):
+        want_label, want_prob = segment.predict(image, probabilities=True)
+        np.testing.assert_array_equal(label, want_label)
+        np.testing.assert_allclose(prob, want_prob, atol=1e-4)  # float rounding of the two graphs
+
+
+def test_onnx_refusals_are_one_line(fcn8s, resnet, tmp_path, capsys):
+    pytest.importorskip("jax2onnx")
+    for path, args, message in (
+            (fcn8s[1], [], "fcn8s: ONNX export has fixed height and width here; pass --image-size HxW"),
+            (resnet[1], ["--image-size", "33x47"],
+             "fcn-resnet50: its graph needs a fixed batch size for ONNX; pass --batch-size N")):
+        out = str(tmp_path / "x.onnx")
+        assert main([path, "--out", out, "--format", "onnx", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not os.path.exists(out)

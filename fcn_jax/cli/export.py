@@ -1,5 +1,5 @@
-"""``python -m fcn_jax.export MODEL --out FILE`` / ``fcn-export``: a trained model as a StableHLO artifact that
-runs without fcn-jax (:mod:`fcn_jax.deploy`). Exit status 0 on success, 2 on bad input (one line on stderr).
+"""``python -m fcn_jax.export MODEL --out FILE`` / ``fcn-export``: a trained model as a StableHLO or ONNX artifact
+that runs without fcn-jax (:mod:`fcn_jax.deploy`). Exit status 0 on success, 2 on bad input (one line on stderr).
 
 The old dataset form (``python -m fcn_jax.export DATASET OUT_DIR ...``, now ``python -m fcn_jax.dataset export``)
 gets one line naming the new command.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from fcn_jax.cli import ArgumentParser, UsageError, fail, user_errors
 from fcn_jax.cli.benchmark import parse_image_size
 from fcn_jax.config import DTYPES
+from fcn_jax.deploy import FORMATS
 
 PROG = "python -m fcn_jax.export"
 DATASET_EXPORT = "python -m fcn_jax.dataset export"
@@ -25,15 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained FCN (a training workdir, a checkpoint or a weights file) as one StableHLO\n"
                     "file (jax.export, weights embedded, lowered for cpu, cuda and tpu) and FILE.json (classes,\n"
-                    "colours, preprocessing, signature). Reload with jax.export.deserialize(...).call(x).",
+                    "colours, preprocessing, signature), or as one ONNX file (--format onnx, metadata inside).\n"
+                    "Reload with jax.export.deserialize(...).call(x), or onnxruntime.InferenceSession(FILE).",
         epilog="examples:\n"
                "  %(prog)s runs/fcn16s --out fcn16s.stablehlo --image-size 375x500\n"
                "  %(prog)s ckpt/fcn-resnet50 --out resnet.stablehlo                 # any batch, H and W\n"
                "  %(prog)s runs/fcn16s --out seg.stablehlo --image-size 500 --with-preprocessing --probabilities\n"
+               "  %(prog)s runs/fcn16s --out fcn16s.onnx --format onnx --image-size 375x500   # onnxruntime\n"
                "exit status: 0 ok, 2 bad input (one line on stderr)")
     parser.add_argument("model", metavar="MODEL", help="training workdir, checkpoint directory or weights file")
     parser.add_argument("--out", required=True, metavar="FILE", help="the artifact to write (and FILE.json)")
-    parser.add_argument("--format", default="stablehlo", choices=("stablehlo",), help="artifact format")
+    parser.add_argument("--format", default="stablehlo", choices=FORMATS,
+                        help="stablehlo (jax.export; default) or onnx (jax2onnx; needs fcn-jax[onnx] and "
+                             "--image-size)")
     parser.add_argument("--image-size", type=parse_image_size, metavar="H[xW]",
                         help="fixed input size (default: symbolic height and width where the network allows it: "
                              "the FCN-ResNets and FCN-AlexNet; the others need this flag)")
@@ -81,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           batch_size=args.batch_size, dtype=args.dtype, with_preprocessing=args.with_preprocessing,
                           probabilities=args.probabilities, step=step)
     shape = "x".join(map(str, result.input_shape))
+    metadata = f" and {result.metadata_path}" if result.metadata_path else ""
     print(f"wrote {result.path} ({result.nbytes / 1e6:.1f} MB; input {shape}, outputs "
-          f"{', '.join('x'.join(map(str, s)) for s in result.output_shapes)}) and {result.metadata_path}")
+          f"{', '.join('x'.join(map(str, s)) for s in result.output_shapes)}){metadata}")
     return 0
 
 

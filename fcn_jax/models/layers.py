@@ -5,6 +5,7 @@ Layout NHWC; kernels HWIO; parameters float32 whatever the compute ``dtype``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["BN_EPSILON", "BN_MOMENTUM", "PADDINGS", "BatchNorm", "PatchConv", "check_padding", "conv_init", "crop",
-           "lrn", "max_pool_ceil", "scaled"]
+           "lrn", "max_pool", "max_pool_ceil", "scaled"]
 
 # 'reference': the Caffe geometry (conv1 pad 100, VALID fc6, Caffe crops); 'same': SAME convs on an input
 # padded to a multiple of the output stride, crops at 0 (faster, not the reference geometry).
@@ -37,10 +38,18 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def max_pool(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
+    """k x k / stride s max pooling of (N, H, W, C) with explicit (lo, hi) pads per spatial axis that never win
+    (-inf). Written as ``jnp.pad`` + a VALID ``nn.max_pool`` with keyword arguments (the same values as one
+    padded ``reduce_window``): the form ONNX exporters (jax2onnx) map to an ONNX MaxPool that onnxruntime runs."""
+    if any(lo or hi for lo, hi in pads):
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(kernel, kernel), strides=(stride, stride), padding="VALID")
+
+
 def max_pool_ceil(x: jax.Array) -> jax.Array:
     """2x2 / stride 2 max pooling in Caffe's ceil mode: (N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)."""
-    pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pads)
+    return max_pool(x, 2, 2, ((0, x.shape[1] % 2), (0, x.shape[2] % 2)))
 
 
 def lrn(x: jax.Array, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,

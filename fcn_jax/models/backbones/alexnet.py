@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.models.backbones.vgg import FC_CHANNELS
-from fcn_jax.models.layers import PatchConv, check_padding, conv_init, lrn, scaled
+from fcn_jax.models.layers import PatchConv, check_padding, conv_init, lrn, max_pool, scaled
 
 __all__ = ["ALEXNET_CONVS", "AlexNet", "ConvSpec", "FC6_SIZE", "caffe_imagenet_params", "caffe_shapes", "channels",
            "max_pool_3x3_ceil"]
@@ -56,8 +56,7 @@ def max_pool_3x3_ceil(x: jax.Array) -> jax.Array:
     def extra(n: int) -> int:
         out = -(-(n - 3) // 2) + 1
         return (out - 1) * 2 + 3 - n
-    pads = ((0, 0), (0, extra(x.shape[1])), (0, extra(x.shape[2])), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+    return max_pool(x, 3, 2, ((0, extra(x.shape[1])), (0, extra(x.shape[2]))))
 
 
 class AlexNet(nn.Module):

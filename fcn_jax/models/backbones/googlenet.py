@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.models.layers import check_padding, conv_init, lrn, scaled
+from fcn_jax.models.layers import check_padding, conv_init, lrn, max_pool, scaled
 
 __all__ = ["CONV1_PAD", "ConvLayer", "DROPOUT_RATE", "GoogLeNet", "INCEPTIONS", "Inception", "SAME_PADS", "STAGE_POOLS",
            "caffe_imagenet_params", "caffe_name", "caffe_shapes", "conv_layers", "param_name"]
@@ -121,8 +121,7 @@ def caffe_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, int, int, int
 
 def _max_pool(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int]]) -> jax.Array:
     """Max pooling (N, H, W, C) with explicit (lo, hi) pads per spatial axis; padding never wins (-inf)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
-                                 ((0, 0), *pads, (0, 0)))
+    return max_pool(x, kernel, stride, pads)
 
 
 def _ceil_pads(n: int) -> tuple[int, int]:

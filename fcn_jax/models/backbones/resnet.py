@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.models.layers import BatchNorm, check_padding, scaled
+from fcn_jax.models.layers import BatchNorm, check_padding, max_pool, scaled
 
 __all__ = ["EXPANSION", "RESNET_PLANES", "ResNet", "ResNet50", "ResNet101", "layer_dilations"]
 
@@ -99,7 +99,7 @@ class ResNet(nn.Module):
         x = nn.Conv(scaled(64, self.width), (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                     dtype=self.dtype, param_dtype=jnp.float32, kernel_init=resnet_conv_init, name="conv1")(x)
         x = nn.relu(BatchNorm(frozen=self.frozen_bn, dtype=self.dtype, name="bn1")(x, train=train))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, as torch
+        x = max_pool(x, 3, 2, ((1, 1), (1, 1)))  # pads with -inf, as torch
         channels, out = scaled(64, self.width), {}
         for layer, (planes, settings) in enumerate(zip(RESNET_PLANES, layer_dilations(self.blocks)), start=1):
             planes = scaled(planes, self.width)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.models.layers import BatchNorm, check_padding, conv_init, scaled
+from fcn_jax.models.layers import BatchNorm, check_padding, conv_init, max_pool, scaled
 
 __all__ = ["VGG11BN", "VGG11BN_CONVS", "VGG11BN_STRIDE"]
 
@@ -25,7 +25,7 @@ VGG11BN_STRIDE = 16  # four 2x2 pools, no pool5
 
 def max_pool_floor(x: jax.Array) -> jax.Array:
     """``nn.MaxPool2d(2, 2)``: 2x2 / stride 2 max pooling in floor mode, (N, H, W, C) -> (N, H//2, W//2, C)."""
-    return nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
+    return max_pool(x, 2, 2)
 
 
 class VGG11BN(nn.Module):
