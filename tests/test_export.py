@@ -225,3 +225,12 @@ def test_onnx_refusals_are_one_line(fcn8s, resnet, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not os.path.exists(out)
+
+
+def test_onnx_without_the_extra_is_one_line_naming_it(fcn8s, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if not installed: import raises ImportError
+    out = str(tmp_path / "x.onnx")
+    assert main([fcn8s[1], "--out", out, "--format", "onnx", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'fcn-jax[onnx]'" in err[0], err
+    assert not os.path.exists(out)
