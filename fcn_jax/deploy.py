@@ -53,11 +53,11 @@ from fcn_jax.loading import ModelInfo, load
 from fcn_jax.models.registry import get_variant, input_shape, main_output, require
 from fcn_jax.preprocess import preprocess
 
-__all__ = ["FORMATS", "MIN_SYMBOLIC_SIZE", "PLATFORMS", "ExportResult", "export_model", "export_stablehlo",
-           "supports_symbolic_size"]
+__all__ = ["FORMATS", "MIN_SYMBOLIC_SIZE", "PLATFORMS", "ExportResult", "export_model", "export_onnx",
+           "export_stablehlo", "supports_symbolic_size"]
 
 FORMATS = ("stablehlo", "onnx")
-ONNX_INSTALL = "pip install 'fcn-jax[onnx]' (jax2onnx, onnx, onnxruntime)"
+ONNX_INSTALL = "pip install 'fcn-jax[onnx]' && pip install 'orbax-checkpoint>=0.12,<0.13' (jax2onnx, onnx, onnxruntime)"
 PLATFORMS = ("cpu", "cuda", "tpu")
 MIN_SYMBOLIC_SIZE = 32  # the smallest height / width a symbolic-size artifact accepts (the output stride)
 # Backbones whose size arithmetic jax.export's shape polymorphism decides: the VGG FCNs' five ceil-mode pools
@@ -73,8 +73,8 @@ def supports_symbolic_size(variant: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_model` wrote: ``path`` (the artifact), ``metadata_path`` (its JSON; None for ONNX,
-    whose metadata are in the file), ``nbytes`` (the
-    artifact's size), ``input_shape`` / ``output_shapes`` (with symbolic dimensions as names: 'b', 'h', 'w')."""
+    whose metadata are in the file), ``nbytes`` (the artifact's size), ``input_shape`` / ``output_shapes``
+    (symbolic dimensions as names: StableHLO's 'b', 'h', 'w', ONNX's 'B')."""
 
     path: str
     metadata_path: str | None
@@ -89,8 +89,8 @@ def _input_spec(variant: str, image_size: tuple[int, int] | None, batch_size: in
     ``image_size``). ValueError where the network needs a fixed size."""
     channels = input_shape(variant)[-1]
     if image_size is None and not supports_symbolic_size(variant):
-        raise ValueError(f"{variant}: its size arithmetic (ceil-mode pooling, Caffe crops) cannot be exported "
-                         f"with symbolic height and width; pass --image-size HxW (a fixed size)")
+        raise ValueError(f"{variant}: its size arithmetic cannot be exported with symbolic height and width "
+                         f"(JAX's shape polymorphism does not settle it); pass --image-size HxW (a fixed size)")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
         raise ValueError(f"image size must be two positive integers, got {image_size}")
     if batch_size is not None and batch_size < 1:
@@ -157,7 +157,8 @@ def export_onnx(model: Any, variables: Mapping[str, Any], info: ModelInfo, *, im
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     fn = _segmenter(model, variables, info, with_preprocessing, probabilities)
-    shape = ("B" if batch_size is None else batch_size, *image_size, 3 if with_preprocessing else input_shape(variant)[-1])
+    channels = 3 if with_preprocessing else input_shape(variant)[-1]
+    shape = ("B" if batch_size is None else batch_size, *image_size, channels)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(", ".join(map(str, shape))),
                                 jnp.uint8 if with_preprocessing else jnp.float32)
     outputs = ["labels", "probabilities"] if probabilities else ["labels"] if with_preprocessing else ["logits"]
@@ -191,6 +192,7 @@ def _set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
 
 
 def _dims(shape: Any) -> tuple[int | str, ...]:
+    """A shape with symbolic dimensions as their names."""
     return tuple(d if isinstance(d, int) else str(d) for d in shape)
 
 
@@ -204,14 +206,21 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
     ``dtype`` overrides the compute dtype (float32 / bfloat16; the outputs stay float32)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format == "onnx":  # what can be refused before the (slow) loading
+        if image_size is None:
+            raise ValueError("ONNX export has fixed height and width here; pass an image size (--image-size HxW)")
+        try:
+            import jax2onnx  # noqa: F401
+        except ImportError:
+            raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
     variables, info = load(model, step=step, dtype=dtype)
     out = os.fspath(out)
     if format == "onnx":
         proto = export_onnx(info.config.build(), variables, info, image_size=image_size, batch_size=batch_size,
                             with_preprocessing=with_preprocessing, probabilities=probabilities)
         blob = proto.SerializeToString()
-        value_dims = [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim)
-                      for v in (*proto.graph.input, *proto.graph.output)]
+        value_dims = [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                            for d in v.type.tensor_type.shape.dim) for v in (*proto.graph.input, *proto.graph.output)]
         io.write_bytes(out, blob)
         return ExportResult(out, None, len(blob), value_dims[0], tuple(value_dims[1:]))
     exported = export_stablehlo(info.config.build(), variables, info, image_size=image_size, batch_size=batch_size,

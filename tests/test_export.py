@@ -86,7 +86,7 @@ def test_fixed_size_artifact_equals_the_model_at_any_batch(fcn8s, tmp_path):
     assert meta["input"]["shape"] == ["b", 37, 53, 3] and meta["weights"] == "embedded"
 
 
-def test_symbolic_size_artifact_equals_the_model_at_two_sizes(resnet, tmp_path):
+def test_symbolic_size_artifact_equals_the_model_at_two_sizes(resnet, tmp_path, tmp_path_factory):
     config, path, variables = resnet
     out = str(tmp_path / "resnet.stablehlo")
     result = export_model(path, out)
@@ -96,6 +96,12 @@ def test_symbolic_size_artifact_equals_the_model_at_two_sizes(resnet, tmp_path):
     for shape in ((2, 33, 47, 3), (1, 64, 40, 3)):
         x = rng.standard_normal(shape).astype(np.float32)
         assert_close(exported.call(x), reference(config, variables, x))
+    alexnet = ModelConfig(variant="fcn-alexnet", num_classes=len(CLASSES), width=1 / 16)
+    alexnet_path, alexnet_variables = saved(tmp_path_factory, alexnet, "caffe")  # ceil pools with symbolic pads
+    export_model(alexnet_path, out + "-alexnet")
+    for shape in ((2, 37, 53, 3), (1, 48, 33, 3)):
+        x = (50 * rng.standard_normal(shape)).astype(np.float32)
+        assert_close(load(out + "-alexnet").call(x), reference(alexnet, alexnet_variables, x))
     with pytest.raises(ValueError) as error:  # below the smallest size it was exported for
         exported.call(np.zeros((1, 31, 40, 3), np.float32))
     assert "Input shapes do not match the symbolic shape constraint h >= 32" in str(error.value.__cause__)
@@ -119,14 +125,18 @@ def test_cli_writes_the_artifact_and_refuses_bad_input(fcn8s, tmp_path, capsys):
     out = str(tmp_path / "cli.stablehlo")
     assert main([path, "--out", out]) == 2  # a VGG FCN needs a fixed size: one line, nothing written
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "fcn8s: its size arithmetic" in err[0] and "--image-size HxW" in err[0]
+    assert len(err) == 1 and "fcn8s: its size arithmetic cannot be exported" in err[0] and "--image-size HxW" in err[0]
     assert not os.path.exists(out) and not os.path.exists(out + ".json")
     proc = subprocess.run([sys.executable, "-m", "fcn_jax.export", path, "--out", out, "--image-size", "40x48",
                            "--batch-size", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"wrote {out} (") and "input 1x40x48x3, outputs 1x40x48x4" in proc.stdout
     assert load(out).in_avals[0].shape == (1, 40, 48, 3)
+    open(str(tmp_path / "only.stablehlo.json"), "w").close()  # a JSON of that name is not replaced either
     for args, message in (([path, "--out", out, "--image-size", "40"], "already exists"),
+                          ([path, "--out", str(tmp_path / "only.stablehlo"), "--image-size", "40"],
+                           "only.stablehlo.json already exists"),
+                          ([path, "--out", str(tmp_path), "--image-size", "40"], "is a directory"),
                           ([path, "--out", str(tmp_path / "x"), "--probabilities", "--image-size", "40"],
                            "--probabilities: only with --with-preprocessing"),
                           ([str(tmp_path / "missing"), "--out", str(tmp_path / "y")], "no such file or directory")):
@@ -217,7 +227,8 @@ def test_onnx_uint8_graph_gives_the_labels_of_inference(fcn8s, tmp_path):
 def test_onnx_refusals_are_one_line(fcn8s, resnet, tmp_path, capsys):
     pytest.importorskip("jax2onnx")
     for path, args, message in (
-            (fcn8s[1], [], "fcn8s: ONNX export has fixed height and width here; pass --image-size HxW"),
+            (fcn8s[1], [], "--image-size: ONNX export has fixed height and width here; pass --image-size HxW"),
+            (fcn8s[1], ["--image-size", "32", "--dtype", "bfloat16"], "--dtype bfloat16: ONNX export is float32"),
             (resnet[1], ["--image-size", "33x47"],
              "fcn-resnet50: its graph needs a fixed batch size for ONNX; pass --batch-size N")):
         out = str(tmp_path / "x.onnx")

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  %(prog)s runs/fcn16s --out fcn16s.onnx --format onnx --image-size 375x500   # onnxruntime\n"
                "exit status: 0 ok, 2 bad input (one line on stderr)")
     parser.add_argument("model", metavar="MODEL", help="training workdir, checkpoint directory or weights file")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the artifact to write (and FILE.json)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the artifact to write (and, for stablehlo, FILE.json)")
     parser.add_argument("--format", default="stablehlo", choices=FORMATS,
                         help="stablehlo (jax.export; default) or onnx (jax2onnx; needs fcn-jax[onnx] and "
                              "--image-size)")
@@ -55,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _old_dataset_form(argv: Sequence[str]) -> bool:
     """``DATASET OUT_DIR [...]`` without --out: what ``python -m fcn_jax.export`` meant before model export."""
-    positional = [a for a in argv if not a.startswith("-")]
-    return (not any(a == "--out" or a.startswith("--out=") for a in argv) and len(positional) >= 2
-            and not os.path.exists(positional[0]))
+    return (len(argv) >= 2 and not argv[0].startswith("-") and not argv[1].startswith("-")
+            and not any(a == "--out" or a.startswith("--out=") for a in argv) and not os.path.exists(argv[0]))
 
 
 @user_errors(PROG)
@@ -74,8 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError("--probabilities: only with --with-preprocessing (the plain artifact returns logits)")
     if not os.path.exists(args.model):
         raise UsageError(f"{args.model}: no such file or directory")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise UsageError(f"--out {args.out}: already exists (pass --overwrite to replace it)")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: is a directory; expected a file name")
+    outputs = [args.out] + ([args.out + ".json"] if args.format == "stablehlo" else [])
+    existing = [path for path in outputs if os.path.exists(path)]
+    if existing and not args.overwrite:
+        raise UsageError(f"--out {args.out}: {existing[0]} already exists (pass --overwrite to replace it)")
+    if args.format == "onnx" and args.image_size is None:
+        raise UsageError("--image-size: ONNX export has fixed height and width here; pass --image-size HxW")
+    if args.format == "onnx" and args.dtype == "bfloat16":
+        raise UsageError("--dtype bfloat16: ONNX export is float32 here (onnxruntime's CPU kernels)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UsageError(f"--out {args.out}: its directory does not exist")
     step = int(args.step) if args.step.isdigit() else args.step
