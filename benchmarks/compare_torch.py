@@ -112,7 +112,7 @@ def torch_bn_state_dict(variables: Any, fmt: str, like: dict[str, Any]) -> dict[
     where a variable has no PyTorch array or a PyTorch array gets no variable."""
     from fcn_jax.weights_bn import AUX, LEAVES, torch_module
 
-    state, unmapped = dict(like), []
+    state, written, unmapped = dict(like), set(), []
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
         name = torch_module(fmt, path[1:-1])
         key = f"{name}.{LEAVES[path[0], path[-1]]}"
@@ -121,8 +121,7 @@ def torch_bn_state_dict(variables: Any, fmt: str, like: dict[str, Any]) -> dict[
                 unmapped.append("/".join(path))
             continue
         state[key] = _torch_array(value)
-        state.pop(key, None) if False else None
-    written = {f"{torch_module(fmt, p[1:-1])}.{LEAVES[p[0], p[-1]]}" for p in traverse_util.flatten_dict(dict(variables))}
+        written.add(key)
     missing = [k for k in like if k not in written and not k.endswith("num_batches_tracked")]
     if unmapped or missing:
         raise ValueError(f"{fmt}: no PyTorch array for {', '.join(unmapped) or 'none'}; no fcn_jax variable for "

@@ -83,6 +83,26 @@ class ExportResult:
     output_shapes: tuple[tuple[int | str, ...], ...]
 
 
+def _check_sizes(image_size: tuple[int, int] | None, batch_size: int | None) -> None:
+    """ValueError unless ``image_size`` is None or two positive integers and ``batch_size`` None or positive."""
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image size must be two positive integers, got {image_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+
+
+def _onnx_exporter(image_size: tuple[int, int] | None) -> Any:
+    """jax2onnx's ``to_onnx``, once the request is one ONNX export serves: a fixed image size (ValueError
+    without one) and the extra installed (ImportError naming it)."""
+    if image_size is None:
+        raise ValueError("ONNX export has fixed height and width here; pass an image size (--image-size HxW)")
+    try:
+        from jax2onnx import to_onnx
+    except ImportError:
+        raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
+    return to_onnx
+
+
 def _input_spec(variant: str, image_size: tuple[int, int] | None, batch_size: int | None,
                 dtype: Any) -> jax.ShapeDtypeStruct:
     """The exported function's input: (B, H, W, C) with symbolic B (unless ``batch_size``) and H, W (unless
@@ -91,10 +111,7 @@ def _input_spec(variant: str, image_size: tuple[int, int] | None, batch_size: in
     if image_size is None and not supports_symbolic_size(variant):
         raise ValueError(f"{variant}: its size arithmetic cannot be exported with symbolic height and width "
                          f"(JAX's shape polymorphism does not settle it); pass --image-size HxW (a fixed size)")
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise ValueError(f"image size must be two positive integers, got {image_size}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    _check_sizes(image_size, batch_size)
     dims = ["b" if batch_size is None else str(batch_size)]
     dims += ["h", "w"] if image_size is None else [str(image_size[0]), str(image_size[1])]
     constraints = (f"h >= {MIN_SYMBOLIC_SIZE}", f"w >= {MIN_SYMBOLIC_SIZE}") if image_size is None else ()
@@ -144,18 +161,9 @@ def export_onnx(model: Any, variables: Mapping[str, Any], info: ModelInfo, *, im
     network allows it (the bilinear resizes of the FCN-ResNets and fcn-vgg11bn need a fixed batch: ValueError
     saying to pass one). The model's metadata go into ``metadata_props``. ImportError naming the extra to
     install without jax2onnx / onnx."""
-    try:
-        import onnx  # noqa: F401
-        from jax2onnx import to_onnx
-    except ImportError:
-        raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
+    to_onnx = _onnx_exporter(image_size)
+    _check_sizes(image_size, batch_size)
     variant = info.config.variant
-    if image_size is None:
-        raise ValueError(f"{variant}: ONNX export has fixed height and width here; pass --image-size HxW")
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image size must be two positive integers, got {image_size}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     fn = _segmenter(model, variables, info, with_preprocessing, probabilities)
     channels = 3 if with_preprocessing else input_shape(variant)[-1]
     shape = ("B" if batch_size is None else batch_size, *image_size, channels)
@@ -206,13 +214,9 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
     ``dtype`` overrides the compute dtype (float32 / bfloat16; the outputs stay float32)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    if format == "onnx":  # what can be refused before the (slow) loading
-        if image_size is None:
-            raise ValueError("ONNX export has fixed height and width here; pass an image size (--image-size HxW)")
-        try:
-            import jax2onnx  # noqa: F401
-        except ImportError:
-            raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
+    if format == "onnx":
+        _onnx_exporter(image_size)  # what can be refused before the (slow) loading
+    _check_sizes(image_size, batch_size)
     variables, info = load(model, step=step, dtype=dtype)
     out = os.fspath(out)
     if format == "onnx":
@@ -236,9 +240,6 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
             "weights": "embedded", "nbytes": len(blob)}
     text = json.dumps(meta, indent=2) + "\n"
     with io.atomic_group([out + ".json", out]) as (meta_tmp, blob_tmp):  # both files or neither
-        for path, data in ((meta_tmp, text.encode("utf8")), (blob_tmp, blob)):
-            with open(path, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        io.write_new(meta_tmp, text.encode("utf8"))
+        io.write_new(blob_tmp, blob)
     return ExportResult(out, out + ".json", len(blob), inputs, outputs)

@@ -68,13 +68,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def write_new(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to the new file ``path`` (a temporary path of :func:`atomic_path` or :func:`atomic_group`),
+    flushed to disk."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Writes ``data`` to ``path`` atomically (flushed to disk before the rename); returns ``path``."""
     with atomic_path(path) as tmp:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new(tmp, data)
     return os.fspath(path)
 
 

@@ -94,6 +94,18 @@ def assert_same(got, want) -> None:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+def init_with_sentinel(cfg, monkeypatch):
+    """``train_lib.initial_variables_for(cfg)`` with the target's own initialisation replaced by a sentinel (every
+    array 7.0): (variables started, the sentinel variables, the convention, the report's lines)."""
+    model = cfg.model.build()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), dict(shapes))
+    monkeypatch.setattr(train_lib, "init_variables", lambda *_: fresh)
+    lines = []
+    started, convention = train_lib.initial_variables_for(cfg, model, report=lines.append)
+    return started, fresh, convention, lines
+
+
 def seed_forward_at(net_backbone, conv_out, x):
     """The seed's layers at any size: backbone, conv_out, then F.interpolate to the input (what the seed's
     Upsample(scale_factor=16) is at multiples of 16)."""
@@ -287,12 +299,7 @@ def test_imagenet_resnet50_starts_the_backbone_through_init(resnet50_narrow, tmp
 
     cfg = get_config("shapes", "fcn-resnet50", init=str(path),
                      model=dict(variant="fcn-resnet50", num_classes=NARROW_CLASSES, width=WIDTH))
-    model = cfg.model.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), dict(shapes))  # a sentinel "init" ...
-    monkeypatch.setattr(train_lib, "init_variables", lambda *_: fresh)  # ... as the target's initialisation
-    lines = []
-    started, convention = train_lib.initial_variables_for(cfg, model, report=lines.append)
+    started, fresh, convention, lines = init_with_sentinel(cfg, monkeypatch)
     mapped = torch_to_flax(resnet50_narrow.state_dict())
     for collection in ("params", "batch_stats"):
         assert_same(started[collection]["backbone"], mapped[collection]["backbone"])  # every array copied
@@ -311,12 +318,7 @@ def test_fcn_resnet50_coco_fine_tunes_to_new_classes_with_statistics_copied(resn
     path = save(resnet50_narrow.state_dict(), tmp_path / "fcn_resnet50_coco.pth")
     cfg = get_config("shapes", "fcn-resnet50", init=str(path),
                      model=dict(variant="fcn-resnet50", num_classes=3, width=WIDTH))
-    model = cfg.model.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), dict(shapes))  # a sentinel "init" ...
-    monkeypatch.setattr(train_lib, "init_variables", lambda *_: fresh)  # ... as the target's initialisation
-    lines = []
-    started, convention = train_lib.initial_variables_for(cfg, model, report=lines.append)
+    started, fresh, convention, lines = init_with_sentinel(cfg, monkeypatch)
     mapped = flat(torch_to_flax(resnet50_narrow.state_dict()))
     got, sentinel = flat(started), flat(fresh)
     assert sorted(got) == sorted(sentinel)

@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from fcn_jax.cli import ArgumentParser, UsageError, fail, user_errors
+from fcn_jax.cli import ArgumentParser, UsageError, fail, parse_step, user_errors
 from fcn_jax.cli.benchmark import parse_image_size
 from fcn_jax.config import DTYPES
 from fcn_jax.deploy import FORMATS
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the artifact takes uint8 RGB images (B, H, W, 3) and returns int32 labels (B, H, W)")
     parser.add_argument("--probabilities", action="store_true",
                         help="with --with-preprocessing: also return the softmax probabilities (B, H, W, C)")
-    parser.add_argument("--step", default="best", help="checkpoint step of a workdir: best, latest or N")
+    parser.add_argument("--step", type=parse_step, default="best",
+                        help="checkpoint step of a workdir: best, latest or N")
     parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     return parser
 
@@ -86,13 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError("--dtype bfloat16: ONNX export is float32 here (onnxruntime's CPU kernels)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UsageError(f"--out {args.out}: its directory does not exist")
-    step = int(args.step) if args.step.isdigit() else args.step
     from fcn_jax import platform
     platform.setup()
     from fcn_jax.deploy import export_model
     result = export_model(args.model, args.out, format=args.format, image_size=args.image_size,
                           batch_size=args.batch_size, dtype=args.dtype, with_preprocessing=args.with_preprocessing,
-                          probabilities=args.probabilities, step=step)
+                          probabilities=args.probabilities, step=args.step)
     shape = "x".join(map(str, result.input_shape))
     metadata = f" and {result.metadata_path}" if result.metadata_path else ""
     print(f"wrote {result.path} ({result.nbytes / 1e6:.1f} MB; input {shape}, outputs "

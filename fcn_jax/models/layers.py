@@ -38,7 +38,8 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def max_pool(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
+def max_pool(x: jax.Array, kernel: int, stride: int,
+             pads: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
     """k x k / stride s max pooling of (N, H, W, C) with explicit (lo, hi) pads per spatial axis that never win
     (-inf). Written as ``jnp.pad`` + a VALID ``nn.max_pool`` with keyword arguments (the same values as one
     padded ``reduce_window``): the form ONNX exporters (jax2onnx) map to an ONNX MaxPool that onnxruntime runs."""

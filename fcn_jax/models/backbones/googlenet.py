@@ -119,11 +119,6 @@ def caffe_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, int, int, int
             for layer in conv_layers(width)}
 
 
-def _max_pool(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """Max pooling (N, H, W, C) with explicit (lo, hi) pads per spatial axis; padding never wins (-inf)."""
-    return max_pool(x, kernel, stride, pads)
-
-
 def _ceil_pads(n: int) -> tuple[int, int]:
     """Pads giving a 3x3 / 2 pool Caffe's ceil-mode size ceil((n - 3) / 2) + 1 without input pad."""
     out = -(-(n - 3) // 2) + 1
@@ -163,7 +158,7 @@ class GoogLeNet(nn.Module):
 
         def pool(y: jax.Array, name: str) -> jax.Array:
             pads = (SAME_PADS[name],) * 2 if same else (_ceil_pads(y.shape[1]), _ceil_pads(y.shape[2]))
-            return _max_pool(y, 3, 2, pads)
+            return max_pool(y, 3, 2, pads)
 
         x = x.astype(self.dtype)
         x = conv(x, "conv1/7x7_s2", c(64), 7, 2, SAME_PADS["conv1/7x7_s2"] if same else (CONV1_PAD, CONV1_PAD))
@@ -177,7 +172,7 @@ class GoogLeNet(nn.Module):
                 conv(x, p + "1x1", c(m.c1x1), 1),
                 conv(conv(x, p + "3x3_reduce", c(m.c3x3_reduce), 1), p + "3x3", c(m.c3x3), 3),
                 conv(conv(x, p + "5x5_reduce", c(m.c5x5_reduce), 1), p + "5x5", c(m.c5x5), 5),
-                conv(_max_pool(x, 3, 1, ((1, 1), (1, 1))), p + "pool_proj", c(m.pool_proj), 1),
+                conv(max_pool(x, 3, 1, ((1, 1), (1, 1))), p + "pool_proj", c(m.pool_proj), 1),
             ], axis=-1)
             if m.name in STAGE_POOLS:
                 x = pool(x, STAGE_POOLS[m.name])
