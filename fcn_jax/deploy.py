@@ -10,12 +10,13 @@ through jax2onnx (the same traced function: one source of truth, no second graph
 
 The artifact is one file holding the network with its weights embedded (the variables are constants of the
 program: nothing else to ship), lowered for cpu, cuda and tpu at once; ``exported.call`` runs it on the default
-device. The batch dimension is symbolic unless ``batch_size`` is given. Height and width are symbolic where the
-network's size arithmetic allows it (:func:`supports_symbolic_size`: the FCN-ResNets and FCN-AlexNet, sizes of
-at least :data:`MIN_SYMBOLIC_SIZE`); the VGG FCNs (five ceil-mode pools and Caffe crops) and FCN-GoogLeNet need a
-fixed ``image_size``, and so does any network on request. Calling an artifact with a size it was not exported
-for is an error from ``jax.export`` naming the expected shape (a fixed size), or the constraint ``h >= 32``
-(a symbolic one: the ValueError's cause says "Input shapes do not match the symbolic shape constraint").
+device. The batch dimension is symbolic unless ``batch_size`` is given, and so are height and width (sizes of at
+least :data:`MIN_SYMBOLIC_SIZE`) unless ``image_size`` is: one artifact serves every image size, computing at
+each what the network computes at it (Caffe's ceil-mode pools and crops included). Networks with
+``padding='same'`` (inputs padded to a multiple of 32) need a fixed ``image_size``
+(:func:`supports_symbolic_size`). Calling an artifact with a size it was not exported for is an error from
+``jax.export`` naming the expected shape (a fixed size), or the constraint ``h >= 32`` (a symbolic one: the
+ValueError's cause says "Input shapes do not match the symbolic shape constraint").
 
 Inputs and outputs (NHWC):
 
@@ -47,27 +48,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fcn_jax import io
+from fcn_jax import io, onnx_model
 from fcn_jax.inference import forward
 from fcn_jax.loading import ModelInfo, load
-from fcn_jax.models.registry import get_variant, input_shape, main_output, require
+from fcn_jax.config import ModelConfig
+from fcn_jax.models.registry import input_shape, main_output, require
 from fcn_jax.preprocess import preprocess
 
 __all__ = ["FORMATS", "MIN_SYMBOLIC_SIZE", "PLATFORMS", "ExportResult", "export_model", "export_onnx",
            "export_stablehlo", "supports_symbolic_size"]
 
 FORMATS = ("stablehlo", "onnx")
-ONNX_INSTALL = "pip install 'fcn-jax[onnx]' && pip install 'orbax-checkpoint>=0.12,<0.13' (jax2onnx, onnx, onnxruntime)"
 PLATFORMS = ("cpu", "cuda", "tpu")
 MIN_SYMBOLIC_SIZE = 32  # the smallest height / width a symbolic-size artifact accepts (the output stride)
-# Backbones whose size arithmetic jax.export's shape polymorphism decides: the VGG FCNs' five ceil-mode pools
-# and crops give comparisons its decision procedure does not finish; GoogLeNet's and VGG11-BN's are inconclusive.
-SYMBOLIC_SIZE_BACKBONES = ("resnet50", "resnet101", "alexnet")
 
 
-def supports_symbolic_size(variant: str) -> bool:
-    """Whether ``variant`` exports with symbolic height and width (else a fixed ``image_size`` is needed)."""
-    return get_variant(variant).backbone in SYMBOLIC_SIZE_BACKBONES
+def supports_symbolic_size(config: ModelConfig) -> bool:
+    """Whether ``config``'s network exports with symbolic height and width (else a fixed ``image_size`` is
+    needed). Every reference-geometry network does: its sizes are nested floor divisions of H and W, which JAX's
+    shape polymorphism compares (the ceil-mode pools pad one -inf row and column whatever the parity, see
+    :func:`fcn_jax.models.layers.max_pool_ceil`); ``padding='same'`` pads the input to a multiple of 32, whose
+    ``mod`` terms it cannot compare."""
+    return config.padding == "reference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,22 +97,23 @@ def _onnx_exporter(image_size: tuple[int, int] | None) -> Any:
     """jax2onnx's ``to_onnx``, once the request is one ONNX export serves: a fixed image size (ValueError
     without one) and the extra installed (ImportError naming it)."""
     if image_size is None:
-        raise ValueError("ONNX export has fixed height and width here; pass an image size (--image-size HxW)")
+        raise ValueError("ONNX export needs a fixed height and width (jax2onnx does not trace these networks' "
+                         "symbolic sizes); pass an image size (--image-size HxW)")
     try:
         from jax2onnx import to_onnx
     except ImportError:
-        raise ImportError(f"ONNX export needs jax2onnx and onnx: {ONNX_INSTALL}") from None
+        raise ImportError(f"ONNX export needs jax2onnx and onnx: {onnx_model.INSTALL}") from None
     return to_onnx
 
 
-def _input_spec(variant: str, image_size: tuple[int, int] | None, batch_size: int | None,
+def _input_spec(config: ModelConfig, image_size: tuple[int, int] | None, batch_size: int | None,
                 dtype: Any) -> jax.ShapeDtypeStruct:
     """The exported function's input: (B, H, W, C) with symbolic B (unless ``batch_size``) and H, W (unless
     ``image_size``). ValueError where the network needs a fixed size."""
-    channels = input_shape(variant)[-1]
-    if image_size is None and not supports_symbolic_size(variant):
-        raise ValueError(f"{variant}: its size arithmetic cannot be exported with symbolic height and width "
-                         f"(JAX's shape polymorphism does not settle it); pass --image-size HxW (a fixed size)")
+    channels = input_shape(config.variant)[-1]
+    if image_size is None and not supports_symbolic_size(config):
+        raise ValueError(f"{config.variant} with padding 'same' pads its input to a multiple of 32, which cannot be "
+                         f"exported with symbolic height and width; pass --image-size HxW (a fixed size)")
     _check_sizes(image_size, batch_size)
     dims = ["b" if batch_size is None else str(batch_size)]
     dims += ["h", "w"] if image_size is None else [str(image_size[0]), str(image_size[1])]
@@ -125,7 +128,7 @@ def export_stablehlo(model: Any, variables: Mapping[str, Any], info: ModelInfo, 
     """The :class:`jax.export.Exported` of ``model`` with ``variables`` embedded (see the module docstring for
     inputs and outputs). ValueError for a network without a single RGB output when ``with_preprocessing``."""
     fn = _segmenter(model, variables, info, with_preprocessing, probabilities)
-    spec = _input_spec(info.config.variant, image_size, batch_size, jnp.uint8 if with_preprocessing else jnp.float32)
+    spec = _input_spec(info.config, image_size, batch_size, jnp.uint8 if with_preprocessing else jnp.float32)
     return jax.export.export(jax.jit(fn), platforms=PLATFORMS)(spec)
 
 

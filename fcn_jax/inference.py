@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.images import load_image
+from fcn_jax import onnx_model
 from fcn_jax.loading import load
 from fcn_jax.models.registry import main_output, require
 from fcn_jax.preprocess import check_convention, preprocess
@@ -155,12 +156,15 @@ def tile_starts(size: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, size - crop) for i in range(count)]
 
 
-def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+def tile_windows(height: int, width: int, tile: int | tuple[int, int],
+                 overlap: float) -> list[tuple[int, int, int, int]]:
     """The windows ``(top, left, h, w)`` covering a ``height`` x ``width`` image, row by row: all of size
-    ``min(tile, height)`` x ``min(tile, width)``, stride :func:`tile_stride` (MMSegmentation's slide)."""
-    h, w = min(tile, height), min(tile, width)
-    stride = tile_stride(tile, overlap)
-    return [(y, x, h, w) for y in tile_starts(height, h, stride) for x in tile_starts(width, w, stride)]
+    ``min(tile, height)`` x ``min(tile, width)``, stride :func:`tile_stride` along each axis (MMSegmentation's
+    slide). ``tile``: T (square windows) or (T_h, T_w)."""
+    tile_h, tile_w = (tile, tile) if isinstance(tile, (int, np.integer)) else tile
+    h, w = min(tile_h, height), min(tile_w, width)
+    return [(y, x, h, w) for y in tile_starts(height, h, tile_stride(tile_h, overlap))
+            for x in tile_starts(width, w, tile_stride(tile_w, overlap))]
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -185,6 +189,10 @@ class Inference:
     exceeds ``max_side`` (default ``T``; 0 tiles every image) as overlapping ``T`` x ``T`` windows whose
     class scores are averaged (see the module docstring), neighbours sharing at least ``overlap`` (in
     [0, 1), default 1/3) of ``T``.
+
+    A model with a fixed ``input_size`` (H, W) (an ONNX graph, :class:`fcn_jax.onnx_model.OnnxModel`) runs an
+    image of that size whole and a larger one as overlapping windows of that size (``tile`` and ``max_side``
+    must be None); a smaller image is a ValueError naming both sizes, and ``scales`` must be (1,).
     """
 
     def __init__(self, model: Any, variables: Mapping[str, Any], preprocessing: str, *,
@@ -201,6 +209,11 @@ class Inference:
         self.class_names = None if class_names is None else tuple(class_names)
         self.colours = None if colours is None else tuple(tuple(int(v) for v in c) for c in colours)
         self.flip, self.scales = bool(flip), check_scales(scales)
+        self.input_size = getattr(model, "input_size", None)  # a fixed-size graph's (H, W)
+        if self.input_size is not None and (self.tile is not None or self.max_side is not None):
+            raise ValueError("tile / max_side: a fixed-size model runs larger images as windows of its own size")
+        if self.input_size is not None and self.scales != (1.0,):
+            raise ValueError(f"scales {self.scales}: a fixed-size model runs at its own size only (scale 1)")
         self.variables = jax.device_put(as_variables(variables))
         single = self.single_pass = is_single_pass(self.flip, self.scales)
 
@@ -224,6 +237,10 @@ class Inference:
              overlap: float = 1 / 3, max_side: int | None = None) -> Inference:
         """An :class:`Inference` for anything :func:`fcn_jax.load_model` loads."""
         check_tiling(tile, overlap, max_side)  # before the (slow) loading
+        if onnx_model.is_onnx(path):
+            if dtype is not None:
+                raise ValueError(f"dtype {dtype!r}: an ONNX model computes in the dtype it was exported with")
+            return cls.from_onnx(path, flip=flip, scales=scales, tile=tile, overlap=overlap, max_side=max_side)
         variables, info = load(path, step=step, dtype=dtype)
         return cls.from_info(variables, info, flip=flip, scales=scales, tile=tile, overlap=overlap,
                              max_side=max_side)
@@ -231,14 +248,33 @@ class Inference:
     @classmethod
     def from_info(cls, variables: Mapping[str, Any], info: Any, *, flip: bool = False,
                   scales: Sequence[float] = (1.0,), tile: int | None = None, overlap: float = 1 / 3,
-                  max_side: int | None = None) -> Inference:
+                  max_side: int | None = None, model: Any = None) -> Inference:
         """An :class:`Inference` for ``variables`` and the :class:`fcn_jax.loading.ModelInfo` loaded with
-        them (network, preprocessing, class names and colours)."""
-        return cls(info.config.build(), variables, info.preprocessing, class_names=info.class_names, flip=flip,
+        them (network, preprocessing, class names and colours). ``model``: what runs, if not the network
+        ``info`` describes (an :class:`fcn_jax.onnx_model.OnnxModel`)."""
+        return cls(info.config.build() if model is None else model, variables, info.preprocessing, class_names=info.class_names, flip=flip,
                    scales=scales, colours=info.colours, tile=tile, overlap=overlap, max_side=max_side)
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, *, flip: bool = False, scales: Sequence[float] = (1.0,),
+                  tile: int | None = None, overlap: float = 1 / 3, max_side: int | None = None) -> Inference:
+        """An :class:`Inference` running the ONNX file at ``path`` on onnxruntime (:mod:`fcn_jax.onnx_model`:
+        its fixed size, windows of that size for larger images; the extra ``fcn-jax[onnx]``)."""
+        model, info = onnx_model.load(path)
+        return cls.from_info({}, info, model=model, flip=flip, scales=scales, tile=tile, overlap=overlap,
+                             max_side=max_side)
+
     def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]] | None:
-        """The windows ``(top, left, h, w)`` an image of this size runs as, or None if it runs whole."""
+        """The windows ``(top, left, h, w)`` an image of this size runs as, or None if it runs whole.
+        ValueError for an image smaller than a fixed-size model's input."""
+        if self.input_size is not None:
+            fixed_h, fixed_w = self.input_size
+            if (height, width) == self.input_size:
+                return None
+            if height < fixed_h or width < fixed_w:
+                raise ValueError(f"{width}x{height} (WxH) is smaller than the model's fixed {fixed_w}x{fixed_h} "
+                                 f"input; export it at a smaller --image-size")
+            return tile_windows(height, width, self.input_size, self.overlap)
         if self.tile is None or max(height, width) <= (self.tile if self.max_side is None else self.max_side):
             return None
         return tile_windows(height, width, self.tile, self.overlap)

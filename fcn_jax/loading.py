@@ -82,7 +82,9 @@ def _check_requested(path: str, meta: Mapping[str, Any], requested: Mapping[str,
         raise LoadError(f"{path}: checkpoint does not fit: {'; '.join(clashes)}")
 
 
-def _info(path: str, meta: dict[str, Any], dtype: str | None) -> ModelInfo:
+def model_info(path: str, meta: Mapping[str, Any], dtype: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of the metadata ``meta`` recorded with ``path`` (``dtype`` overrides the compute
+    dtype); LoadError naming the path for bad metadata."""
     try:
         config = checkpoint.model_config_from_meta(meta)
         if dtype is not None:
@@ -125,7 +127,7 @@ def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | No
                                        convention=convention)
     else:
         raise LoadError(f"{path}: no such file or directory")
-    return variables, _info(path, meta, dtype)
+    return variables, model_info(path, meta, dtype)
 
 
 def _collection_path(path: tuple[str, ...]) -> str:
@@ -259,7 +261,7 @@ def _init_streams(target: ModelConfig, variables: Mapping[str, Any], streams: Ma
             loaded, meta = weights.load(path, width=target.width, default_variant="fcn32s",
                                         default_classes=target.num_classes)
             loaded = file_arrays(loaded, meta)
-            info = _info(path, meta, None)
+            info = model_info(path, meta, None)
         else:
             loaded, info = load(path, step=step, width=target.width)
         infos.append(info)
@@ -299,7 +301,7 @@ def init_variables(target: ModelConfig, variables: Mapping[str, Any], path: str 
         source, meta = weights.load(path, width=target.width, default_variant=target.variant,
                                     default_classes=target.num_classes)
         source = file_arrays(source, meta)
-        info = _info(path, meta, None)
+        info = model_info(path, meta, None)
     else:
         source, info = load(path, step=step, width=target.width)
     new, kept = transfer(variables, source, keep=keep, dont_load=dont_load)

@@ -30,7 +30,10 @@ def _package_dir(name: str) -> str | None:
 # Orbax's and TensorStore's source trees: noise whose traceback or log record comes from here is theirs.
 _NOISY_DIRS = tuple(d for d in (_package_dir("orbax.checkpoint"), _package_dir("tensorstore")) if d)
 _ASYNCIO_NOISE = ("Task exception was never retrieved", "Future exception was never retrieved",
-                  "Task was destroyed but it is pending")
+                  "Task was destroyed but it is pending",
+                  # asyncio.run (Orbax < 0.11.37 runs every operation through it) reports each failed read it
+                  # cancels and awaits when the operation's first failure ends the loop
+                  "unhandled exception during asyncio.run() shutdown")
 
 
 def _noisy_traceback(tb: TracebackType | None) -> bool:

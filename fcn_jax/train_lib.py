@@ -860,15 +860,16 @@ def _train(cfg: TrainConfig, workdir: str, mesh: Mesh, train_input: Any, progres
     from fcn_jax.summary import SummaryWriter
     from fcn_jax.viz import plot_learning_curves
 
+    # everything the user chose is validated (--trainable / --frozen / --lr-mults matching parameters, the
+    # dataset's fields, --init read) before anything is created: the patterns before the dataset is prepared
+    # (their paths do not depend on its class count), the rest before the workdir
+    param_labels(jax.eval_shape(lambda: init_variables(cfg, cfg.model.build())), cfg.model, cfg.trainable,
+                 cfg.frozen, cfg.lr_mults)
     cfg, ds_meta = _dataset(cfg, progress and lead, log)
     model = cfg.model.build()
     fresh = not ckpt_lib.saved_steps(os.path.join(workdir, ckpt_lib.CHECKPOINTS))
-    # everything the user chose is validated (the dataset's fields, --init read, --trainable / --frozen
-    # matching parameters) before anything is created in the workdir
     train_source, eval_source = _sources(cfg, ds_meta)
     variables = _start_variables(cfg, model, log) if fresh else None
-    param_labels(jax.eval_shape(lambda: init_variables(cfg, model)) if variables is None else variables,
-                 cfg.model, cfg.trainable, cfg.frozen, cfg.lr_mults)
     # everything opened from here on is closed by the stack, in reverse order, whatever happens
     with contextlib.ExitStack() as stack:
         checkpoints = stack.enter_context(ckpt_lib.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints))

@@ -147,12 +147,14 @@ def test_lr_mults_parse_in_order():
 
 
 def test_lr_mults_matching_nothing_is_one_line_before_the_workdir(tmp_path, capsys):
-    workdir = tmp_path / "run"
+    """Refused before anything is created: neither the workdir nor the dataset (it used to be built first,
+    printing its 'building shapes/...' line, in a data directory of its own here)."""
+    workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
     code = train_cli.main(["--preset", "shapes_bn", "--variant", "fcn-resnet50", "--lr-mults", "head/.*=10",
-                           "--workdir", str(workdir), "--no-progress"])
+                           "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--lr-mults 'head/.*' matches no parameter" in err[0], err
-    assert not os.path.exists(workdir)
+    assert not os.path.exists(workdir) and not os.path.exists(data_dir)
 
 
 def test_aux_loss_weight_scales_the_aux_share_of_the_loss():

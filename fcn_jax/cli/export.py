@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "colours, preprocessing, signature), or as one ONNX file (--format onnx, metadata inside).\n"
                     "Reload with jax.export.deserialize(...).call(x), or onnxruntime.InferenceSession(FILE).",
         epilog="examples:\n"
-               "  %(prog)s runs/fcn16s --out fcn16s.stablehlo --image-size 375x500\n"
-               "  %(prog)s ckpt/fcn-resnet50 --out resnet.stablehlo                 # any batch, H and W\n"
+               "  %(prog)s runs/fcn16s --out fcn16s.stablehlo                         # any batch, H and W\n"
+               "  %(prog)s runs/fcn16s --out fcn16s-375x500.stablehlo --image-size 375x500\n"
                "  %(prog)s runs/fcn16s --out seg.stablehlo --image-size 500 --with-preprocessing --probabilities\n"
                "  %(prog)s runs/fcn16s --out fcn16s.onnx --format onnx --image-size 375x500   # onnxruntime\n"
                "exit status: 0 ok, 2 bad input (one line on stderr)")
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stablehlo (jax.export; default) or onnx (jax2onnx; needs fcn-jax[onnx] and "
                              "--image-size)")
     parser.add_argument("--image-size", type=parse_image_size, metavar="H[xW]",
-                        help="fixed input size (default: symbolic height and width where the network allows it: "
-                             "the FCN-ResNets and FCN-AlexNet; the others need this flag)")
+                        help="fixed input size (default for stablehlo: symbolic height and width, at least 32; "
+                             "networks with padding 'same' and ONNX exports need this flag)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="fixed batch size (default: symbolic)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="compute dtype (default: the model's)")
     parser.add_argument("--with-preprocessing", action="store_true",
@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if existing and not args.overwrite:
         raise UsageError(f"--out {args.out}: {existing[0]} already exists (pass --overwrite to replace it)")
     if args.format == "onnx" and args.image_size is None:
-        raise UsageError("--image-size: ONNX export has fixed height and width here; pass --image-size HxW")
+        raise UsageError("--image-size: ONNX export needs a fixed height and width (jax2onnx does not trace these "
+                         "networks' symbolic sizes); pass --image-size HxW")
     if args.format == "onnx" and args.dtype == "bfloat16":
         raise UsageError("--dtype bfloat16: ONNX export is float32 here (onnxruntime's CPU kernels)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from fcn_jax import platform
+from fcn_jax import onnx_model, platform
 from fcn_jax.cli import ArgumentParser, UsageError, add_model_flags, fail, interrupted_code, load_ckpt, user_errors
 from fcn_jax.inference import MIN_TILE, Inference, load_image
 from fcn_jax.io import (Manifest, WriteError, atomic_group, error_text, is_full_disk, other_settings,
@@ -249,6 +249,26 @@ def build_parser(prog: str = "predict.py") -> ArgumentParser:
     return parser
 
 
+def load_segmenter(args: argparse.Namespace) -> tuple[Inference, int | None]:
+    """The :class:`Inference` of ``--ckpt`` with the run's flags, and the model's training step. An ``.onnx``
+    file runs on onnxruntime at its exported size (larger images as windows of that size: ``--tile`` and
+    ``--max-side`` are for JAX models); errors name the flag."""
+    if not onnx_model.is_onnx(args.ckpt):
+        variables, info = load_ckpt(args)
+        return Inference.from_info(variables, info, flip=args.flip, scales=args.scales,
+                                   tile=args.tile if args.max_side else None, overlap=args.overlap,
+                                   max_side=args.max_side), info.step
+    if args.dtype is not None:
+        raise UsageError(f"--dtype {args.dtype}: an ONNX model computes in the dtype it was exported with")
+    if args.scales != (1.0,):
+        raise UsageError("--scales: an ONNX model runs at its exported size only (flips work: --flip)")
+    try:
+        model, info = onnx_model.load(args.ckpt)
+    except (ValueError, ImportError) as e:
+        raise UsageError(f"--ckpt {e}") from None
+    return Inference.from_info({}, info, model=model, flip=args.flip, overlap=args.overlap), info.step
+
+
 def _interrupted(signum: int, progress: Progress, out_dir: str) -> str:
     """The message of an interrupted run: the signal, and how many images' results are complete."""
     done = (f"{progress.complete} of {progress.total} images' results are complete in {out_dir}; run the same "
@@ -289,14 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = not os.path.isdir(args.out)
     try:
         platform.setup(verbose=args.verbose)
-        variables, info = load_ckpt(args)
-        settings["model_step"] = info.step  # --step best / latest: the step they named at the first run
-        if manifest.exists and not args.overwrite and manifest.differences({"model_step": info.step}):
-            raise UsageError(other_settings("--out", args.out, "results",
-                                            manifest.differences({"model_step": info.step})))
-        segment = Inference.from_info(variables, info, flip=args.flip, scales=args.scales,
-                                      tile=args.tile if args.max_side else None, overlap=args.overlap,
-                                      max_side=args.max_side)
+        segment, step = load_segmenter(args)
+        settings["model_step"] = step  # --step best / latest: the step they named at the first run
+        if manifest.exists and not args.overwrite and manifest.differences({"model_step": step}):
+            raise UsageError(other_settings("--out", args.out, "results", manifest.differences({"model_step": step})))
         try:
             os.makedirs(args.out, exist_ok=True)
         except OSError as e:

@@ -49,8 +49,13 @@ def max_pool(x: jax.Array, kernel: int, stride: int,
 
 
 def max_pool_ceil(x: jax.Array) -> jax.Array:
-    """2x2 / stride 2 max pooling in Caffe's ceil mode: (N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)."""
-    return max_pool(x, 2, 2, ((0, x.shape[1] % 2), (0, x.shape[2] % 2)))
+    """2x2 / stride 2 max pooling in Caffe's ceil mode: (N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C).
+
+    One row and column of -inf below and right, whatever the parity: an even size's last window ends before
+    it, an odd size's reads it (ceil mode). The output size is then ``(H - 1) // 2 + 1``, one floor division
+    of H, which JAX's shape polymorphism reasons about through five nested pools (a pad of ``H % 2`` gives
+    nested ``mod`` terms it cannot compare: no symbolic-size export)."""
+    return max_pool(x, 2, 2, ((0, 1), (0, 1)))
 
 
 def lrn(x: jax.Array, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,

@@ -119,10 +119,11 @@ def caffe_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, int, int, int
             for layer in conv_layers(width)}
 
 
-def _ceil_pads(n: int) -> tuple[int, int]:
-    """Pads giving a 3x3 / 2 pool Caffe's ceil-mode size ceil((n - 3) / 2) + 1 without input pad."""
-    out = -(-(n - 3) // 2) + 1
-    return 0, max(0, (out - 1) * 2 + 3 - n)
+# A 3x3 / 2 pool in Caffe's ceil mode without input pad maps n -> ceil((n - 3) / 2) + 1 = floor(n / 2): a VALID
+# pool over the input and one -inf row / column below / right gives that size whatever the parity (an even n's
+# last window reads the -inf row, as Caffe's clipped window does; an odd n's ends before it), and a size JAX's
+# shape polymorphism can compare (a parity-dependent pad cannot be: no symbolic-size export).
+CEIL_PADS = (0, 1)
 
 
 class GoogLeNet(nn.Module):
@@ -157,7 +158,7 @@ class GoogLeNet(nn.Module):
                                    param_dtype=jnp.float32, kernel_init=conv_init, name=param_name(name))(y))
 
         def pool(y: jax.Array, name: str) -> jax.Array:
-            pads = (SAME_PADS[name],) * 2 if same else (_ceil_pads(y.shape[1]), _ceil_pads(y.shape[2]))
+            pads = (SAME_PADS[name],) * 2 if same else (CEIL_PADS, CEIL_PADS)
             return max_pool(y, 3, 2, pads)
 
         x = x.astype(self.dtype)
