@@ -5,7 +5,9 @@
     python benchmarks/compare_torch.py --variant fcn-resnet50 --batch-size 8 --image-size 480
 
 JAX runs the real train step (``fcn_jax.train_lib.make_train_step``) and inference through
-:mod:`fcn_jax.benchmark`, in float32 and bfloat16. PyTorch runs the same network written for PyTorch:
+:mod:`fcn_jax.benchmark`, in float32 and bfloat16; in ``infer`` mode the same network and batch exported to
+ONNX (float32) also run on onnxruntime's CPU provider (``fcn_jax.benchmark.run_onnxruntime``; its "first step"
+is the export and session build; ``--no-onnxruntime`` leaves it out). PyTorch runs the same network written for PyTorch:
 ``benchmarks/torch_fcn.FCN`` for the VGG16 FCNs (pad 100, ceil pooling, Caffe crops, pytorch-fcn's layer
 names), torchvision's own ``fcn_resnet50`` / ``fcn_resnet101`` for ``fcn-resnet50/101`` (the aux head when
 training: loss = out + 0.5 aux) and seed 002's ``VGG11Segmentation`` for ``fcn-vgg11bn``
@@ -238,9 +240,11 @@ def measure_torch(cfg: bench.BenchmarkConfig, torch_mode: str, device: str) -> d
 # ---------------------------------------------------------------------------------------- comparison
 
 def compare(base: bench.BenchmarkConfig, modes: Sequence[str], jax_dtypes: Sequence[str],
-            torch_modes: Sequence[str], device: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs every (mode, framework setting) on ``device`` (default: JAX's first device); returns the
-    rows and, per mode, best JAX / best PyTorch and best JAX / PyTorch eager."""
+            torch_modes: Sequence[str], device: Any = None, log: Callable[[str], None] = print,
+            onnxruntime: bool = True) -> dict[str, Any]:
+    """Runs every (mode, framework setting) on ``device`` (default: JAX's first device), and with
+    ``onnxruntime`` the exported inference on onnxruntime's CPU provider; returns the rows and, per mode,
+    best JAX / best PyTorch and best JAX / PyTorch eager (every row also / best PyTorch)."""
     import torch
 
     device = device or jax.devices()[0]
@@ -279,7 +283,19 @@ def compare(base: bench.BenchmarkConfig, modes: Sequence[str], jax_dtypes: Seque
             rows.append(row)
             jax.clear_caches()
             gc.collect()
-    rows.sort(key=lambda r: list(modes).index(r["mode"]))  # stable: per mode, PyTorch rows then JAX rows
+    if onnxruntime and "infer" in modes:  # the exported forward pass on onnxruntime's CPU provider
+        cfg = dataclasses.replace(base, mode="infer", dtype="float32")
+        row = {"mode": "infer", "framework": "onnxruntime", "setting": "float32 (CPU)", "dtype": "float32"}
+        log("infer onnxruntime float32 ...")
+        try:
+            result = bench.run_onnxruntime(cfg)
+            row.update({k: result[k] for k in ("step_time_s", "images_per_s", "export_s", "session_s")},
+                       status="ok", first_step_s=result["export_s"] + result["session_s"])
+        except Exception as e:  # the extra missing, out of memory: reported, the others still count
+            row["status"] = _failure(e)
+        rows.append(row)
+        gc.collect()
+    rows.sort(key=lambda r: list(modes).index(r["mode"]))  # stable: per mode, PyTorch, JAX, onnxruntime rows
     _add_flop_rates(rows, info["kind"], info["platform"], base.batch_size)
     ratios = {}
     for mode in modes:
@@ -328,7 +344,7 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"| {r['mode']} | {r['framework']} | {r['setting']} | {r['status']} |" + " |" * 7)
             continue
         t = r["step_time_s"]
-        first = r["compile_s"] if r["framework"] == "jax" else r["first_step_s"]
+        first = r["compile_s"] if r["framework"] == "jax" else r["first_step_s"]  # onnxruntime: export + session
         lines.append(f"| {r['mode']} | {r['framework']} | {r['setting']} | {r['images_per_s']:.2f} | "
                      f"{t['median'] * 1e3:.1f} | {t['p10'] * 1e3:.1f} | {t['p90'] * 1e3:.1f} | {first:.1f} | "
                      f"{fmt(r.get('achieved_tflops'), '.3f')} | {fmt(r.get('mfu'), '.1%')} | "
@@ -353,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-modes", type=_csv(tuple(TORCH_MODES)), default=tuple(TORCH_MODES),
                         metavar=",".join(TORCH_MODES),
                         help="PyTorch modes (default: all)")
+    parser.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
+                        help="infer mode: leave out the onnxruntime row (the same network exported to ONNX, float32, "
+                             "on onnxruntime's CPU provider; needs fcn-jax[onnx])")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-': stdout)")
     return parser
 
@@ -373,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}), torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads; {base.variant} width {base.width}, batch {base.batch_size}, "
         f"image {height}x{width}")
-    report = compare(base, args.modes, args.jax_dtypes, args.torch_modes, device, log=log)
+    report = compare(base, args.modes, args.jax_dtypes, args.torch_modes, device, log=log,
+                     onnxruntime=args.onnxruntime)
     print(format_table(report))
     if args.json:
         bench_cli.write_json(args.json, report)

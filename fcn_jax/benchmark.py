@@ -249,6 +249,41 @@ def infer_workload(cfg: BenchmarkConfig, mesh: Mesh) -> Workload:
     return Workload(lambda: compiled(variables, images), compiled, compile_s)
 
 
+def run_onnxruntime(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """``cfg``'s inference (forward pass to the per-pixel argmax) exported to ONNX (:func:`fcn_jax.deploy.
+    export_onnx`, float32, fixed batch and size, the same synthetic variables and host batch as the JAX row) and
+    timed on onnxruntime's CPU provider with its graph optimisations on: ``session.run`` and the host argmax,
+    after ``cfg.warmup`` untimed runs. Keys: export_s, session_s (building the session), step_time_s,
+    step_times_s, images_per_s, onnxruntime_version, dtype. ImportError naming the extra without it."""
+    from fcn_jax import deploy, onnx_model
+    from fcn_jax.classes import default_class_names
+    from fcn_jax.loading import ModelInfo
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError(f"the onnxruntime row needs onnxruntime: {onnx_model.INSTALL}") from None
+    model_config = dataclasses.replace(cfg.model_config(), dtype="float32")
+    info = ModelInfo(config=model_config, class_names=default_class_names(cfg.num_classes), preprocessing="caffe",
+                     step=None, source="benchmark (synthetic variables)", meta={})
+    start = time.perf_counter()
+    proto = deploy.export_onnx(model_config.build(), synthetic_variables(model_config, cfg.seed), info,
+                               image_size=cfg.image_size, batch_size=cfg.batch_size)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session_s = time.perf_counter() - start
+    del proto
+    images = {session.get_inputs()[0].name: host_batch(cfg, cfg.batch_size)["image"]}
+    times = time_steps(lambda: np.argmax(session.run(None, images)[0], axis=-1), cfg.steps, cfg.warmup,
+                       sync=lambda out: out)
+    step = summarize_times(times)
+    return {"export_s": export_s, "session_s": session_s, "step_time_s": step, "step_times_s": times,
+            "images_per_s": cfg.batch_size / step["median"], "onnxruntime_version": ort.__version__,
+            "dtype": "float32"}
+
+
 # ------------------------------------------------------------------------------------------ measuring
 
 def time_steps(run: Callable[[], Any], steps: int, warmup: int,
@@ -399,4 +434,11 @@ def format_result(result: dict[str, Any]) -> str:
         f"memory: peak in use {_num(gib(result['peak_memory_bytes']), '.2f', ' GiB')}; executable temp "
         f"{_num(gib(mem.get('temp')), '.2f', ' GiB')}, arguments {_num(gib(mem.get('argument')), '.2f', ' GiB')}",
     ]
+    ort = result.get("onnxruntime")
+    if ort is not None:
+        t = ort["step_time_s"]
+        lines.append(f"onnxruntime {ort['onnxruntime_version']} (CPU provider, {ort['dtype']}, same batch): "
+                     f"{ort['images_per_s']:.2f} images/s, median {t['median'] * 1e3:.2f} ms (p10 "
+                     f"{t['p10'] * 1e3:.2f}, p90 {t['p90'] * 1e3:.2f}); {ort['images_per_s'] / result['images_per_s']:.2f}x "
+                     f"JAX {c['dtype']} (export {ort['export_s']:.1f} s, session {ort['session_s']:.1f} s)")
     return "\n".join(lines)

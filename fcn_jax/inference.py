@@ -6,6 +6,7 @@
     label = segment(image)                               # (H, W) int32 class indices, full resolution
     label, probs = segment.predict(image, probabilities=True)
     tiled = fcn_jax.Inference.load("runs/fcn16s", tile=512, max_side=1024)  # huge images in 512 windows
+    fast = fcn_jax.Inference.load("fcn16s.onnx")         # an exported ONNX file on onnxruntime (fixed size)
 
 Images are uint8 RGB (H, W, 3) arrays, or files of any format PIL reads (:func:`load_image`). Every
 image runs alone at its own size, so nothing is padded or resized and the result is what the network

@@ -33,6 +33,7 @@ from fcn_jax.variables import PARAMS, as_variables
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "checkpoint"
+ONNX_SUFFIX = ".onnx"  # exported models (fcn_jax.onnx_model), which have no variables to load
 
 
 class LoadError(ValueError):
@@ -118,6 +119,9 @@ def load(path: str | os.PathLike, *, step: str | int = "best", variant: str | No
     ``dtype`` overrides the compute dtype only. Parameters are float32 host or single-device arrays.
     """
     path = os.fspath(path)
+    if path.lower().endswith(ONNX_SUFFIX):
+        raise LoadError(f"{path}: an exported ONNX model runs in predict.py and fcn_jax.Inference only; here give "
+                        f"the checkpoint or weights it was exported from")
     if os.path.isdir(path):
         variables, meta = _read_checkpoint(path, step)
         _check_requested(path, meta, {"variant": variant, "num_classes": num_classes, "width": width,

@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.loading import LoadError, ModelInfo, model_info
+from fcn_jax.loading import ONNX_SUFFIX, LoadError, ModelInfo, model_info
 from fcn_jax.models.registry import main_output
 
 __all__ = ["INSTALL", "SUFFIX", "OnnxModel", "is_onnx", "load"]
 
-SUFFIX = ".onnx"
+SUFFIX = ONNX_SUFFIX
 INSTALL = "pip install 'fcn-jax[onnx]' (jax2onnx, onnx, onnxruntime)"
 # metadata_props values that fcn_jax.deploy writes as JSON (the others are plain strings)
 JSON_KEYS = ("step", "model", "class_names", "colours", "with_preprocessing")

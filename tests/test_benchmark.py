@@ -1,5 +1,6 @@
 """benchmark.py end to end on CPU in tiny configurations; XLA's FLOP count against an analytic count."""
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -248,7 +249,8 @@ def test_cost_analysis_accepts_dict_or_list():
 
 
 def test_compare_torch_table(tmp_path):
-    """The PyTorch side by side in its cheapest form: inference, eager PyTorch vs JAX float32."""
+    """The side by side in its cheapest form: inference, eager PyTorch vs JAX float32 vs onnxruntime (where the
+    onnx extra is installed; a failed row where not)."""
     pytest.importorskip("torch")
     if ROOT not in sys.path:  # benchmarks/ is a dev-only package at the repository root
         sys.path.insert(0, ROOT)
@@ -256,14 +258,47 @@ def test_compare_torch_table(tmp_path):
 
     cfg = bench.BenchmarkConfig(**{**TINY, "mode": "infer", "steps": 2})
     report = compare_torch.compare(cfg, ["infer"], ["float32"], ["eager"], jax.devices("cpu")[0], log=lambda _: None)
-    assert [(r["framework"], r["setting"], r["status"]) for r in report["rows"]] == [
-        ("pytorch", "eager", "ok"), ("jax", "float32", "ok")]
-    jax_row, torch_row = report["rows"][1], report["rows"][0]
+    have_ort = importlib.util.find_spec("jax2onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
+    assert [(r["framework"], r["setting"]) for r in report["rows"]] == [
+        ("pytorch", "eager"), ("jax", "float32"), ("onnxruntime", "float32 (CPU)")]
+    assert [r["status"] for r in report["rows"]][:2] == ["ok", "ok"]
+    torch_row, jax_row, ort_row = report["rows"]
     assert report["ratios"]["infer"]["ratio"] == pytest.approx(jax_row["images_per_s"] / torch_row["images_per_s"])
     assert torch_row["achieved_tflops"] > 0  # from XLA's count of the same network
     table = compare_torch.format_table(report)
     assert "| infer | pytorch | eager |" in table and "infer: best JAX (float32) / best PyTorch (eager)" in table
+    if have_ort:
+        assert ort_row["status"] == "ok" and ort_row["vs_best_pytorch"] == pytest.approx(
+            ort_row["images_per_s"] / torch_row["images_per_s"])
+        assert "| infer | onnxruntime | float32 (CPU) |" in table
+    else:
+        assert "pip install 'fcn-jax[onnx]'" in ort_row["status"]
     json.dumps(report)
+    report = compare_torch.compare(cfg, ["infer"], ["float32"], [], jax.devices("cpu")[0], log=lambda _: None,
+                                   onnxruntime=False)
+    assert [r["framework"] for r in report["rows"]] == ["jax"]
+
+
+def test_benchmark_onnxruntime_row(tmp_path, capsys):
+    """``benchmark.py --mode infer --onnxruntime``: the JAX figures and the onnxruntime row side by side (its
+    steps, its ratio to JAX as printed); refused in one line before measuring outside infer mode."""
+    from fcn_jax.cli.benchmark import main
+    args = ["--variant", "fcn8s", "--width", "0.0625", "--batch-size", "2", "--image-size", "40x48", "--dtype",
+            "float32", "--steps", "2", "--warmup", "1"]
+    assert main(args + ["--mode", "train", "--onnxruntime"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["benchmark.py: error: --onnxruntime: only with --mode infer (onnxruntime runs the exported "
+                   "forward pass)"]
+    pytest.importorskip("jax2onnx", reason="the onnx extra (pip install 'fcn-jax[onnx]') is not installed")
+    out = tmp_path / "r.json"
+    assert main(args + ["--mode", "infer", "--onnxruntime", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    ort = result["onnxruntime"]
+    assert len(ort["step_times_s"]) == 2 and ort["images_per_s"] == pytest.approx(2 / ort["step_time_s"]["median"])
+    ratio = ort["images_per_s"] / result["images_per_s"]
+    assert f"onnxruntime {ort['onnxruntime_version']} (CPU provider, float32, same batch): " \
+           f"{ort['images_per_s']:.2f} images/s" in printed and f"{ratio:.2f}x JAX float32" in printed
 
 
 @pytest.mark.parametrize("variant, width", [("fcn-resnet50", 0.125), ("fcn-vgg11bn", 1.0)])

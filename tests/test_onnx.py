@@ -225,3 +225,16 @@ def test_onnx_models_refused_in_predict_are_one_line(fcn8s, tmp_path, capsys):
         assert not out.exists()
     meta = json.loads(ort_session(labels).get_modelmeta().custom_metadata_map["with_preprocessing"])
     assert meta is True
+
+
+def test_an_onnx_file_elsewhere_is_one_line_naming_where_it_runs(tmp_path, capsys):
+    """eval.py, convert, --init and load_model read variables, which an exported file does not have: one line
+    saying where it runs (no onnxruntime needed to say so)."""
+    from fcn_jax.cli.eval import main as eval_main
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="an exported ONNX model runs in predict.py and fcn_jax.Inference only"):
+        fcn_jax.load_model(str(path))
+    assert eval_main(["--ckpt", str(path), "--dataset", "shapes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an exported ONNX model runs in predict.py" in err[0], err

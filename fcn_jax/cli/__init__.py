@@ -120,11 +120,13 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by eval and predict: the checkpoint, its step, dtype and test-time augmentation."""
+def add_model_flags(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
+    """Flags shared by eval and predict: the checkpoint, its step, dtype and test-time augmentation
+    (``onnx``: the tool also runs exported ``.onnx`` files)."""
     from fcn_jax.config import DTYPES
     parser.add_argument("--ckpt", required=True, metavar="PATH",
-                        help="training workdir, model checkpoint directory or weights file")
+                        help="training workdir, model checkpoint directory or weights file"
+                             + (", or an exported .onnx file (run on onnxruntime)" if onnx else ""))
     parser.add_argument("--step", type=parse_step, default="best", metavar="best|latest|N",
                         help="which step of a checkpoint directory (default: best)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,

@@ -81,6 +81,9 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="train", choices=bench.MODES,
                         help="'train' (the real train step: forward, loss, backward, SGD) or 'infer' (default train)")
     add_benchmark_flags(parser)
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="infer mode: also export the same network and batch to ONNX (float32) and time it on "
+                             "onnxruntime's CPU provider, side by side (needs fcn-jax[onnx])")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH ('-': stdout)")
     return parser
 
@@ -122,12 +125,27 @@ def check_fits(cfg: bench.BenchmarkConfig, limit: int) -> None:
                              f"{need / 2**30:,.1f} GiB per device, more than the {limit / 2**30:,.1f} GiB it has")
 
 
+def check_onnxruntime(cfg: bench.BenchmarkConfig) -> None:
+    """UsageError now, not after the JAX measurement, when ``--onnxruntime`` cannot run: not in infer mode,
+    or the onnx extra missing."""
+    if cfg.mode != "infer":
+        raise cli.UsageError("--onnxruntime: only with --mode infer (onnxruntime runs the exported forward pass)")
+    from importlib.util import find_spec
+
+    from fcn_jax.onnx_model import INSTALL
+    missing = [name for name in ("jax2onnx", "onnxruntime") if find_spec(name) is None]
+    if missing:
+        raise cli.UsageError(f"--onnxruntime: needs {' and '.join(missing)}: {INSTALL}")
+
+
 @cli.user_errors("benchmark.py")
 def main(argv: Sequence[str] | None = None) -> int:
     """``benchmark.py``: measure one configuration, print a summary, optionally write JSON."""
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     check_json_path(args.json)
+    if args.onnxruntime:
+        check_onnxruntime(cfg)
     platform.setup()  # CPU XLA flags, compilation cache; multi-host: auto-detected on TPU pods / SLURM
     check_fits(cfg, memory_bytes(jax.local_devices()[0]))
     try:
@@ -137,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return cli.fail("benchmark.py", f"out of memory at --batch-size {cfg.batch_size} --image-size "
                         f"{cfg.image_size[0]}x{cfg.image_size[1]}: try a smaller batch or image", code=1)
+    if args.onnxruntime:
+        result["onnxruntime"] = bench.run_onnxruntime(cfg)
     if jax.process_index() == 0:
         print(bench.format_result(result), file=sys.stderr if args.json == "-" else sys.stdout)
         if args.json:

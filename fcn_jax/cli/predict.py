@@ -7,6 +7,9 @@ For every input image ``<stem>.<ext>`` the output directory gets
 - with ``--probs``: ``<stem>_probs.npy``, per-class probabilities (H, W, C), float16 by default
   (``--probs-dtype float32``), averaged over the test-time augmentations if any.
 
+``--ckpt`` may also be an ``.onnx`` file (``python -m fcn_jax.export ... --format onnx``): it runs on onnxruntime
+at its exported size, larger images as windows of that size (:mod:`fcn_jax.onnx_model`).
+
 Images whose long side exceeds ``--max-side`` (default 1024; 0: never) run as overlapping ``--tile``
 x ``--tile`` windows (default 512; neighbours share at least ``--overlap``, default 1/3, of a window)
 whose class scores are averaged (sliding-window inference, see :mod:`fcn_jax.inference`), so memory
@@ -229,7 +232,7 @@ def build_parser(prog: str = "predict.py") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Segment images with an FCN checkpoint: label PNGs "
                             "(VOC palette), overlays with a legend, optionally class probabilities.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
-    add_model_flags(parser)
+    add_model_flags(parser, onnx=True)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created; not a "
                         "directory of the inputs)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh, replacing the results in --out "
