@@ -329,9 +329,9 @@ def test_corrupt_file(suffix: str, tmp_path: Path) -> None:
 def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="nope.pth: no such file"):
         fcn_jax.load_weights(str(tmp_path / "nope.pth"))
-    (tmp_path / "w.onnx").write_bytes(b"x")
-    with pytest.raises(WeightsError, match=r"w\.onnx: unknown weights file extension '\.onnx'"):
-        fcn_jax.load_weights(str(tmp_path / "w.onnx"))
+    (tmp_path / "w.tflite").write_bytes(b"x")
+    with pytest.raises(WeightsError, match=r"w\.tflite: unknown weights file extension '\.tflite'"):
+        fcn_jax.load_weights(str(tmp_path / "w.tflite"))
 
 
 def test_pth_state_dict_and_wrapped_checkpoint(tmp_path: Path) -> None:
