@@ -439,6 +439,7 @@ def format_result(result: dict[str, Any]) -> str:
         t = ort["step_time_s"]
         lines.append(f"onnxruntime {ort['onnxruntime_version']} (CPU provider, {ort['dtype']}, same batch): "
                      f"{ort['images_per_s']:.2f} images/s, median {t['median'] * 1e3:.2f} ms (p10 "
-                     f"{t['p10'] * 1e3:.2f}, p90 {t['p90'] * 1e3:.2f}); {ort['images_per_s'] / result['images_per_s']:.2f}x "
-                     f"JAX {c['dtype']} (export {ort['export_s']:.1f} s, session {ort['session_s']:.1f} s)")
+                     f"{t['p10'] * 1e3:.2f}, p90 {t['p90'] * 1e3:.2f}); "
+                     f"{ort['images_per_s'] / result['images_per_s']:.2f}x JAX {c['dtype']} (export "
+                     f"{ort['export_s']:.1f} s, session {ort['session_s']:.1f} s)")
     return "\n".join(lines)

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax.images import load_image
 from fcn_jax import onnx_model
+from fcn_jax.images import load_image
 from fcn_jax.loading import load
 from fcn_jax.models.registry import main_output, require
 from fcn_jax.preprocess import check_convention, preprocess
@@ -253,8 +253,9 @@ class Inference:
         """An :class:`Inference` for ``variables`` and the :class:`fcn_jax.loading.ModelInfo` loaded with
         them (network, preprocessing, class names and colours). ``model``: what runs, if not the network
         ``info`` describes (an :class:`fcn_jax.onnx_model.OnnxModel`)."""
-        return cls(info.config.build() if model is None else model, variables, info.preprocessing, class_names=info.class_names, flip=flip,
-                   scales=scales, colours=info.colours, tile=tile, overlap=overlap, max_side=max_side)
+        return cls(info.config.build() if model is None else model, variables, info.preprocessing,
+                   class_names=info.class_names, flip=flip, scales=scales, colours=info.colours, tile=tile,
+                   overlap=overlap, max_side=max_side)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, flip: bool = False, scales: Sequence[float] = (1.0,),

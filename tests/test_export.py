@@ -16,6 +16,7 @@ import fcn_jax
 from fcn_jax.cli.export import main
 from fcn_jax.config import ModelConfig
 from fcn_jax.deploy import export_model
+from fcn_jax.models.registry import input_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,11 +51,11 @@ def test_fixed_size_artifact_equals_the_model_at_any_batch(fcn8s, tmp_path):
     assert meta["input"]["shape"] == ["b", 37, 53, 3] and meta["weights"] == "embedded"
 
 
-SYMBOLIC_CASES = [  # every reference-geometry variant with one output evaluated from an image (the NYUD nets
-    # and SIFT Flow's two heads share VGG16's arithmetic with fcn32s / fcn8s)
+SYMBOLIC_CASES = [  # every reference-geometry family: the artifact returns the main output's logits
     ("fcn32s", "caffe"), ("fcn16s", "caffe"), ("fcn8s", "caffe"), ("fcn8s-atonce", "caffe"),
-    ("fcn-alexnet", "caffe"), ("fcn-googlenet", "caffe"), ("fcn-vgg11bn", "torchvision"),
-    ("fcn-resnet50", "torchvision")]
+    ("siftflow-fcn16s", "caffe-siftflow"), ("nyud-fcn32s-color-d", "caffe-nyud"),
+    ("nyud-fcn32s-color-hha", "caffe-nyud"), ("fcn-alexnet", "caffe"), ("fcn-googlenet", "caffe"),
+    ("fcn-vgg11bn", "torchvision"), ("fcn-resnet50", "torchvision")]
 
 
 @pytest.mark.parametrize("variant, convention", SYMBOLIC_CASES, ids=[c[0] for c in SYMBOLIC_CASES])
@@ -65,14 +66,15 @@ def test_symbolic_size_artifact_equals_the_model_at_two_sizes(variant, conventio
     path, variables = saved(tmp_path_factory, config, convention)
     out = str(tmp_path / f"{variant}.stablehlo")
     result = export_model(path, out)
-    assert result.input_shape == ("b", "h", "w", 3) and result.output_shapes == (("b", "h", "w", 4),)
+    channels = input_shape(variant)[-1]
+    assert result.input_shape == ("b", "h", "w", channels) and result.output_shapes == (("b", "h", "w", 4),)
     exported = load(out)
     rng = np.random.default_rng(2)
-    for shape in ((2, 37, 53, 3), (1, 48, 33, 3)):
-        x = ((50 if convention == "caffe" else 1) * rng.standard_normal(shape)).astype(np.float32)
+    for shape in ((2, 37, 53, channels), (1, 48, 33, channels)):
+        x = ((1 if convention == "torchvision" else 50) * rng.standard_normal(shape)).astype(np.float32)
         assert_close(exported.call(x), reference(config, variables, x))
     with pytest.raises(ValueError) as error:  # below the smallest size it was exported for
-        exported.call(np.zeros((1, 31, 40, 3), np.float32))
+        exported.call(np.zeros((1, 31, 40, channels), np.float32))
     assert "Input shapes do not match the symbolic shape constraint h >= 32" in str(error.value.__cause__)
 
 
