@@ -7,9 +7,9 @@
 JAX runs the real train step (``fcn_jax.train_lib.make_train_step``) and inference through
 :mod:`fcn_jax.benchmark`, in float32 and bfloat16; in ``infer`` mode the same network and batch exported to
 ONNX (float32) also run on onnxruntime's CPU provider (``fcn_jax.benchmark.run_onnxruntime``; its "first step"
-is the export and session build; ``--no-onnxruntime`` leaves it out). PyTorch runs the same network written for PyTorch:
-``benchmarks/torch_fcn.FCN`` for the VGG16 FCNs (pad 100, ceil pooling, Caffe crops, pytorch-fcn's layer
-names), torchvision's own ``fcn_resnet50`` / ``fcn_resnet101`` for ``fcn-resnet50/101`` (the aux head when
+is the export and session build; ``--no-onnxruntime`` leaves it out). PyTorch runs the same network written
+for PyTorch: ``benchmarks/torch_fcn.FCN`` for the VGG16 FCNs (pad 100, ceil pooling, Caffe crops,
+pytorch-fcn's layer names), torchvision's own ``fcn_resnet50`` / ``fcn_resnet101`` for ``fcn-resnet50/101`` (the aux head when
 training: loss = out + 0.5 aux) and seed 002's ``VGG11Segmentation`` for ``fcn-vgg11bn``
 (``benchmarks/torch_bn.py``; BatchNorm with batch statistics in training, running statistics in inference,
 in both frameworks), in the modes a PyTorch user would pick:

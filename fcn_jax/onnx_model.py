@@ -29,9 +29,8 @@ import numpy as np
 from fcn_jax.loading import ONNX_SUFFIX, LoadError, ModelInfo, model_info
 from fcn_jax.models.registry import main_output
 
-__all__ = ["INSTALL", "SUFFIX", "OnnxModel", "is_onnx", "load"]
+__all__ = ["INSTALL", "OnnxModel", "is_onnx", "load"]
 
-SUFFIX = ONNX_SUFFIX
 INSTALL = "pip install 'fcn-jax[onnx]' (jax2onnx, onnx, onnxruntime)"
 # metadata_props values that fcn_jax.deploy writes as JSON (the others are plain strings)
 JSON_KEYS = ("step", "model", "class_names", "colours", "with_preprocessing")
@@ -39,7 +38,7 @@ JSON_KEYS = ("step", "model", "class_names", "colours", "with_preprocessing")
 
 def is_onnx(path: str | os.PathLike) -> bool:
     """Whether ``path`` names an ONNX file (by its suffix)."""
-    return os.fspath(path).lower().endswith(SUFFIX)
+    return os.fspath(path).lower().endswith(ONNX_SUFFIX)
 
 
 class OnnxModel:
