@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.models.backbones import get_backbone
+from fcn_jax.models.extent import Extent
 from fcn_jax.models.heads import get_head
 from fcn_jax.models.outputs import Output
-from fcn_jax.models.registry import get_variant, input_shape, takes_frozen_bn, validate
+from fcn_jax.models.registry import get_variant, input_shape, require_maskable, takes_frozen_bn, validate
 
 # Dummy NHWC input to initialise (or ``jax.eval_shape``) an RGB FCN; a multiple of 32 suits both paddings.
 # ``registry.input_shape(variant)`` is the one for any variant (4 or 6 channels for NYUD's fusion nets).
@@ -52,9 +53,13 @@ def initial_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
 class FCN(nn.Module):
     """Fully convolutional network for semantic segmentation.
 
-    ``__call__(x, train=False, return_dict=False)``: ``x`` (N, H, W, C) preprocessed input (see
+    ``__call__(x, train=False, return_dict=False, sizes=None)``: ``x`` (N, H, W, C) preprocessed input (see
     ``fcn_jax.preprocess``; C = ``registry.get_variant(v).in_channels``, 3 but for NYUD's fusion variants),
-    any H, W >= 1. Returns ``{output name: float32 logits (N, H, W, classes)}`` of the outputs computed
+    any H, W >= 1. ``sizes`` (N, 2) int (h, w): each row holds an image of that size top-left in the canvas
+    (a bucketed batch); every layer is then masked to that image's own extent
+    (:mod:`fcn_jax.models.extent`), so inside it the logits are what the image alone gives (to float
+    rounding) and 0 beyond, whatever the canvas holds there. Only for variants whose backbone and heads
+    support it (``registry.maskable``: the reference-geometry networks), else ValueError. Returns ``{output name: float32 logits (N, H, W, classes)}`` of the outputs computed
     (:attr:`outputs`; training-only ones only with ``train=True``), or, when that is one output and not
     ``return_dict``, its logits alone (what ``model.apply(variables, x)`` gives for the VOC nets).
     ``train=True`` enables dropout (a ``'dropout'`` rng) and batch statistics (``mutable=['batch_stats']``
@@ -110,22 +115,35 @@ class FCN(nn.Module):
             if head.scope is None:
                 nn.share_scope(self, module)  # the Caffe head's layers sit at the top level of the tree
 
-    def __call__(self, x: jax.Array, train: bool = False, return_dict: bool = False) -> jax.Array | dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False, return_dict: bool = False,
+                 sizes: jax.Array | None = None) -> jax.Array | dict[str, jax.Array]:
         spec = get_variant(self.variant)
         if x.ndim != 4 or x.shape[-1] != spec.in_channels:
             raise ValueError(f"{self.variant} expects NHWC input with {spec.in_channels} channels "
                              f"({spec.inputs}), got shape {x.shape}")
         height, width = x.shape[1], x.shape[2]
+        image = Extent()
+        if sizes is not None:
+            require_maskable(self.variant)
+            if tuple(sizes.shape) != (x.shape[0], 2):
+                raise ValueError(f"sizes must be (N, 2) = ({x.shape[0]}, 2) image heights and widths, got {sizes.shape}")
+            image = Extent(sizes)
+            x = image.mask(x)  # the filler is Caffe's zero padding
+        extent = image
         if self.padding == "same":
             x = jnp.pad(x, ((0, 0), (0, -height % self.stride), (0, -width % self.stride), (0, 0)))
-        if len(spec.streams) == 1:
-            feats = [self.backbone(x, train=train)]
+            extent = image.round_up(self.stride)  # the own-size pass pads each image likewise
+        bounds = np.cumsum([0] + [s.channels for s in spec.streams])
+        backbones = [self.backbone] if len(spec.streams) == 1 else [self.backbone[s.suffix] for s in spec.streams]
+        inputs = [x] if len(spec.streams) == 1 else [x[..., a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if sizes is None:
+            feats, extents = [b(xs, train=train) for b, xs in zip(backbones, inputs)], None
         else:
-            bounds = np.cumsum([0] + [s.channels for s in spec.streams])
-            feats = [self.backbone[s.suffix](x[..., a:b], train=train)
-                     for s, a, b in zip(spec.streams, bounds[:-1], bounds[1:])]
+            feats, extents = zip(*[b(xs, train=train, extent=extent) for b, xs in zip(backbones, inputs)])
+            extents = [{**e, "input": image} for e in extents]
         initializing = self.is_initializing()
-        out = {head.output.name: head(feats, height, width, train=train).astype(jnp.float32)
+        masked = {} if extents is None else {"extents": extents}
+        out = {head.output.name: head(list(feats), height, width, train=train, **masked).astype(jnp.float32)
                for head in self.heads if head.output.evaluated or train or initializing}
         if len(out) == 1 and not return_dict:
             return next(iter(out.values()))

@@ -20,8 +20,9 @@ from fcn_jax.models.spec import HeadSpec, Stream, VariantSpec
 from fcn_jax.models.table import Registry
 
 __all__ = ["AUX_LOSS_WEIGHT", "PADDINGS", "SPECS", "VARIANTS", "check_padding", "check_variant", "evaluated_outputs",
-           "final_upsampler_names", "get_variant", "has_batchnorm", "input_shape", "main_output", "outputs", "register_variant",
-           "require", "resolve_inputs", "skip_specs", "supports", "takes_frozen_bn", "unregister_variant", "upsampler_names", "validate"]
+           "final_upsampler_names", "get_variant", "has_batchnorm", "input_shape", "main_output", "maskable", "outputs",
+           "register_variant", "require", "require_maskable", "resolve_inputs", "skip_specs", "supports",
+           "takes_frozen_bn", "unregister_variant", "upsampler_names", "validate"]
 
 
 def _skip(skips: tuple[str, ...], upsamplers: tuple[Upsampler, ...], skip_offsets: tuple[int, ...],
@@ -243,3 +244,24 @@ def has_batchnorm(variant: str) -> bool:
     from fcn_jax.models.heads import get_head
     spec = get_variant(variant)
     return takes_frozen_bn(get_backbone(spec.backbone)) or any(takes_frozen_bn(get_head(h.kind)) for h in spec.heads)
+
+
+def maskable(variant: str) -> bool:
+    """Whether ``variant`` computes exact own-size results for images padded into a shared canvas
+    (``FCN(...)(x, sizes=...)``, :mod:`fcn_jax.models.extent`): its backbone and every head declare
+    ``MASKABLE``. True for the reference-geometry networks (VGG16 FCNs with their multi-head and fusion
+    variants, FCN-AlexNet, FCN-GoogLeNet); False where a layer mixes a whole map: BatchNorm's batch statistics
+    in training and the final bilinear resize of the FCN-ResNets and fcn-vgg11bn, whose scale is the map's
+    size over the output's."""
+    from fcn_jax.models.backbones import get_backbone
+    from fcn_jax.models.heads import get_head
+    spec = get_variant(variant)
+    return getattr(get_backbone(spec.backbone), "MASKABLE", False) and all(
+        getattr(get_head(h.kind), "MASKABLE", False) for h in spec.heads)
+
+
+def require_maskable(variant: str) -> None:
+    """Raises a one-line ValueError unless :func:`maskable` ``(variant)``."""
+    if not maskable(variant):
+        raise ValueError(f"{variant} cannot run images of several sizes in one padded batch exactly (per-image "
+                         f"sizes); run it at each image's own size (bucket_multiple None)")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.models.backbones.vgg import FC_CHANNELS
+from fcn_jax.models.extent import Extent
 from fcn_jax.models.layers import PatchConv, check_padding, conv_init, lrn, max_pool, scaled
 
 __all__ = ["ALEXNET_CONVS", "AlexNet", "ConvSpec", "FC6_SIZE", "caffe_imagenet_params", "caffe_shapes", "channels",
@@ -69,10 +70,13 @@ class AlexNet(nn.Module):
     conv1 pads (1, 6) and fc6 (3, 2) (top/left, bottom/right), which centres top cell i on input pixel
     32 i + 16, where the same head's upsampler (kernel 63, stride 32, pad 15) puts it: no crop offset.
     ``width`` scales channels (convs rounded to even numbers for the 2 groups, ``channels``).
+    ``extent`` (:class:`~fcn_jax.models.extent.Extent` of ``x``): every layer masked to its own extent;
+    returns ``(maps, {'top': Extent})`` (``MASKABLE``; pools read ReLU outputs, so zeros never win).
     Parameters: ``{conv1 .. conv5, fc6, fc7}/{kernel (HWIO), bias}``, float32; fc6 (6, 6, C5, fc).
     """
 
     STRIDES: ClassVar[dict[str, int]] = {"top": 32}
+    MASKABLE: ClassVar[bool] = True
 
     width: float = 1.0
     padding: str = "reference"
@@ -80,29 +84,35 @@ class AlexNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False, extent: Extent | None = None
+                 ) -> dict[str, jax.Array] | tuple[dict[str, jax.Array], dict[str, Extent]]:
         check_padding(self.padding)
         same = self.padding == "same"
+        e = Extent() if extent is None else extent
         if same and (x.shape[1] % 32 or x.shape[2] % 32):
             raise ValueError(f"AlexNet padding='same' needs H, W multiples of 32, got shape {x.shape}")
         x = x.astype(self.dtype)
         for spec in ALEXNET_CONVS:
             pad = SAME_CONV1_PAD if same and spec.name == "conv1" else (spec.pad, spec.pad)
-            x = nn.relu(nn.Conv(channels(spec.channels, self.width), (spec.kernel, spec.kernel), spec.stride,
-                                padding=(pad, pad), feature_group_count=spec.groups, dtype=self.dtype,
-                                param_dtype=jnp.float32, kernel_init=conv_init, name=spec.name)(x))
-            if spec.name in ("conv1", "conv2"):
-                x = lrn(max_pool_3x3_ceil(x))  # pool1 -> norm1, pool2 -> norm2
-        x = max_pool_3x3_ceil(x)  # pool5
+            e = e.window(spec.kernel, spec.stride, pad)
+            x = e.mask(nn.relu(nn.Conv(channels(spec.channels, self.width), (spec.kernel, spec.kernel), spec.stride,
+                                       padding=(pad, pad), feature_group_count=spec.groups, dtype=self.dtype,
+                                       param_dtype=jnp.float32, kernel_init=conv_init, name=spec.name)(x)))
+            if spec.name in ("conv1", "conv2"):  # pool1 -> norm1, pool2 -> norm2
+                e = e.ceil_window(3, 2)
+                x = lrn(e.mask(max_pool_3x3_ceil(x)))
+        e = e.ceil_window(3, 2)
+        x = e.mask(max_pool_3x3_ceil(x))  # pool5
         fc = scaled(FC_CHANNELS, self.width)
         if same:
             x = jnp.pad(x, ((0, 0), SAME_FC6_PAD, SAME_FC6_PAD, (0, 0)))
-        x = nn.relu(PatchConv(fc, FC6_SIZE, dtype=self.dtype, name="fc6")(x))
+        e = e.window(FC6_SIZE, 1, SAME_FC6_PAD if same else 0)
+        x = e.mask(nn.relu(PatchConv(fc, FC6_SIZE, dtype=self.dtype, name="fc6")(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.relu(nn.Conv(fc, (1, 1), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                            kernel_init=conv_init, name="fc7")(x))
+        x = e.mask(nn.relu(nn.Conv(fc, (1, 1), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
+                                   kernel_init=conv_init, name="fc7")(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return {"top": x}
+        return {"top": x} if extent is None else ({"top": x}, {"top": e})
 
 
 def caffe_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax.models.extent import Extent
 from fcn_jax.models.layers import check_padding, conv_init, lrn, max_pool, scaled
 
 __all__ = ["CONV1_PAD", "ConvLayer", "DROPOUT_RATE", "GoogLeNet", "INCEPTIONS", "Inception", "SAME_PADS", "STAGE_POOLS",
@@ -133,10 +134,13 @@ class GoogLeNet(nn.Module):
     (N, h, w, 1024 * width) in ``dtype``, after dropout (``dropout_rate``, GoogLeNet's 0.4) in training;
     stride ``STRIDES['top']`` = 32. ``padding='reference'``: any H, W >= 1, h = floor((H + 31) / 32) (e.g.
     500 -> 16); ``padding='same'``: H, W multiples of 32, h = H / 32 (else ValueError).
+    ``extent`` (:class:`~fcn_jax.models.extent.Extent` of ``x``): every conv masked to its own extent;
+    returns ``(maps, {'top': Extent})`` (``MASKABLE``; every pool reads ReLU outputs or LRN of them, >= 0).
     Parameters: ``{param_name(caffe layer)}/{kernel (HWIO), bias}``, float32, e.g. ``conv1__7x7_s2``.
     """
 
     STRIDES: ClassVar[dict[str, int]] = {"top": 32}
+    MASKABLE: ClassVar[bool] = True
 
     width: float = 1.0
     padding: str = "reference"
@@ -144,29 +148,37 @@ class GoogLeNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False, extent: Extent | None = None
+                 ) -> dict[str, jax.Array] | tuple[dict[str, jax.Array], dict[str, Extent]]:
         check_padding(self.padding)
         same = self.padding == "same"
+        e = Extent() if extent is None else extent
         if same and (x.shape[1] % 32 or x.shape[2] % 32):
             raise ValueError(f"GoogLeNet padding='same' needs H, W multiples of 32, got shape {x.shape}")
         c = lambda n: scaled(n, self.width)  # noqa: E731
 
         def conv(y: jax.Array, name: str, features: int, kernel: int, stride: int = 1,
                  pad: tuple[int, int] | None = None) -> jax.Array:
-            pad = pad or ((kernel - 1) // 2,) * 2
-            return nn.relu(nn.Conv(features, (kernel, kernel), stride, padding=(pad, pad), dtype=self.dtype,
-                                   param_dtype=jnp.float32, kernel_init=conv_init, name=param_name(name))(y))
+            pad = pad or ((kernel - 1) // 2,) * 2  # stride 1, odd kernels: the extent is the input's
+            out = e.window(kernel, stride, pad) if stride > 1 else e
+            return out.mask(nn.relu(nn.Conv(features, (kernel, kernel), stride, padding=(pad, pad), dtype=self.dtype,
+                                            param_dtype=jnp.float32, kernel_init=conv_init, name=param_name(name))(y)))
 
-        def pool(y: jax.Array, name: str) -> jax.Array:
-            pads = (SAME_PADS[name],) * 2 if same else (CEIL_PADS, CEIL_PADS)
-            return max_pool(y, 3, 2, pads)
+        def pool(y: jax.Array, name: str) -> tuple[jax.Array, Extent]:
+            if same:
+                out = e.window(3, 2, SAME_PADS[name])
+                return out.mask(max_pool(y, 3, 2, (SAME_PADS[name],) * 2)), out
+            out = e.ceil_window(3, 2)
+            return out.mask(max_pool(y, 3, 2, (CEIL_PADS, CEIL_PADS))), out
 
         x = x.astype(self.dtype)
-        x = conv(x, "conv1/7x7_s2", c(64), 7, 2, SAME_PADS["conv1/7x7_s2"] if same else (CONV1_PAD, CONV1_PAD))
-        x = lrn(pool(x, "pool1/3x3_s2"))
+        conv1_pad = SAME_PADS["conv1/7x7_s2"] if same else (CONV1_PAD, CONV1_PAD)
+        x, e = conv(x, "conv1/7x7_s2", c(64), 7, 2, conv1_pad), e.window(7, 2, conv1_pad)
+        x, e = pool(x, "pool1/3x3_s2")
+        x = lrn(x)
         x = conv(x, "conv2/3x3_reduce", c(64), 1)
         x = lrn(conv(x, "conv2/3x3", c(192), 3))
-        x = pool(x, "pool2/3x3_s2")
+        x, e = pool(x, "pool2/3x3_s2")
         for m in INCEPTIONS:
             p = f"inception_{m.name}/"
             x = jnp.concatenate([
@@ -176,9 +188,9 @@ class GoogLeNet(nn.Module):
                 conv(max_pool(x, 3, 1, ((1, 1), (1, 1))), p + "pool_proj", c(m.pool_proj), 1),
             ], axis=-1)
             if m.name in STAGE_POOLS:
-                x = pool(x, STAGE_POOLS[m.name])
+                x, e = pool(x, STAGE_POOLS[m.name])
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return {"top": x}
+        return {"top": x} if extent is None else ({"top": x}, {"top": e})
 
 
 def caffe_imagenet_params(blobs: Mapping[str, Sequence[np.ndarray]], *,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcn_jax.models.extent import Extent
 from fcn_jax.models.layers import crop
 from fcn_jax.models.outputs import Output
 from fcn_jax.models.spec import ONE_STREAM, Stream
@@ -75,7 +76,12 @@ class SkipHead(nn.Module):
     (``'top'`` and the spec's skips); returns (N, height, width, classes) logits in ``dtype``. Streams'
     ``score_fr`` maps are summed with their coefficients (one stream: taken as is). ``padding='same'``
     upsamples to exact multiples (upsampler padding (k-s)/2) and crops at 0 instead of the Caffe offsets.
+    ``extents`` (images padded into one canvas): per stream, the :class:`~fcn_jax.models.extent.Extent` of each
+    map of ``feats`` and of the image (``'input'``); every score map and fused sum is masked to its extent
+    and the logits to the image's, zero beyond (``MASKABLE``).
     """
+
+    MASKABLE: ClassVar[bool] = True
 
     output: Output
     args: SkipSpec
@@ -97,20 +103,24 @@ class SkipHead(nn.Module):
             for name, k, s in self.args.upsamplers]
 
     def __call__(self, feats: Sequence[Mapping[str, jax.Array]], height: int, width: int,
-                 train: bool = False) -> jax.Array:
+                 train: bool = False, extents: Sequence[Mapping[str, Extent]] | None = None) -> jax.Array:
         del train  # no dropout or normalisation in the head
         args, same = self.args, self.padding == "same"
+        ext = extents[0] if extents is not None else {}
+        e = ext.get("top", Extent())
         if len(self.streams) == 1:
             y = self.score_fr[0](feats[0]["top"])
         else:  # Caffe Eltwise SUM with coeff
             y = sum(jnp.asarray(stream.coefficient, self.dtype) * score(f["top"])
                     for stream, score, f in zip(self.streams, self.score_fr, feats))
-        y = self.upsamplers[0](y)
+        y = e.mask(y)
         for i, skip in enumerate(args.skips):
+            up = self.upsamplers[i]  # no bias: zero beyond the extent stays zero
+            y, e = up(y), e.deconv(up.kernel_size, up.stride, up.padding)
             features = feats[0][skip]
             if args.feature_scales is not None:
                 features = features * jnp.asarray(args.feature_scales[i], features.dtype)
             scored = self.scores[skip](features)
-            y = y + crop(scored, 0 if same else args.skip_offsets[i], y.shape[1], y.shape[2])
-            y = self.upsamplers[i + 1](y)
-        return crop(y, 0 if same else args.final_offset, height, width)
+            y = e.mask(y + crop(scored, 0 if same else args.skip_offsets[i], y.shape[1], y.shape[2]))
+        y = self.upsamplers[-1](y)
+        return ext.get("input", Extent()).mask(crop(y, 0 if same else args.final_offset, height, width))
