@@ -65,40 +65,47 @@ def model_outputs(model: Any, num_classes: int) -> tuple[Output, ...]:
 
 
 def make_eval_step(model: FCN, num_classes: int, mesh: Mesh | None = None, *, flip: bool = False,
-                   scales: Sequence[float] = (1.0,)) -> Callable[..., tuple[Any, Any]]:
-    """The compiled evaluation step ``step(variables, image, labels, widths=None) -> (hists, preds)``.
+                   scales: Sequence[float] = (1.0,), mask: bool = False) -> Callable[..., tuple[Any, Any]]:
+    """The compiled evaluation step ``step(variables, image, labels, widths=None, sizes=None) -> (hists, preds)``.
 
     ``variables``: the model's variables (every collection; a bare parameter tree is taken as
     ``{'params': tree}``), replicated over ``mesh`` (place them once with ``fcn_jax.parallel.put_replicated``,
     or every call copies them); ``image`` (B, H, W, C) float32 preprocessed, ``labels`` {batch key: (B, H, W)
     int} (255 = void / padding; a single array is the 'label' key) and ``widths`` (B,) int32 (true image
     widths, only read when ``flip``) are sharded along B over the ``'data'`` axis (B a multiple of the
-    device count). Returns ``{output: hist}`` ((n, n) int32, replicated) and ``{output: preds}`` ((B, H, W)
+    device count). ``mask``: every image's forward pass masked to its own extent, ``sizes`` (B, 2) int32
+    (h, w of each image top-left in the padded batch, 0 for filler; sharded like the image) required:
+    each image's scores are then its own-size ones (:class:`fcn_jax.models.FCN`; a ``registry.maskable``
+    variant). Returns ``{output: hist}`` ((n, n) int32, replicated) and ``{output: preds}`` ((B, H, W)
     int32, sharded) for every evaluated output (:func:`model_outputs`). ``mesh`` defaults to all devices.
     Steps are cached, so repeated calls (periodic validation) reuse the compiled program.
     """
     mesh = make_mesh() if mesh is None else mesh
     outputs = tuple((o.name, o.batch_key, o.classes) for o in model_outputs(model, num_classes))
-    jitted = _compiled_step(model, outputs, mesh, bool(flip), tuple(float(s) for s in scales))
+    jitted = _compiled_step(model, outputs, mesh, bool(flip), tuple(float(s) for s in scales), bool(mask))
 
-    def step(variables: Any, image: jax.Array, labels: Any, widths: jax.Array | None = None) -> tuple[Any, Any]:
+    def step(variables: Any, image: jax.Array, labels: Any, widths: jax.Array | None = None,
+             sizes: jax.Array | None = None) -> tuple[Any, Any]:
         if not isinstance(labels, Mapping):
             labels = {LABEL: labels}
-        return jitted(as_variables(variables), image, dict(labels), widths if flip else None)
+        if mask and sizes is None:
+            raise ValueError("a masked evaluation step needs the images' sizes")
+        return jitted(as_variables(variables), image, dict(labels), widths if flip else None,
+                      sizes if mask else None)
 
     return step
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_step(model: FCN, outputs: tuple[tuple[str, str, int], ...], mesh: Mesh, flip: bool,
-                   scales: tuple[float, ...]):
-    def step(variables, image, labels, widths):
-        out = class_scores(model, variables, image, flip=flip, scales=scales, widths=widths)
+                   scales: tuple[float, ...], mask: bool):
+    def step(variables, image, labels, widths, sizes):
+        out = class_scores(model, variables, image, flip=flip, scales=scales, widths=widths, sizes=sizes)
         preds = {name: jnp.argmax(out[name], axis=-1).astype(jnp.int32) for name, _, _ in outputs}
         return {name: confusion_matrix(labels[key], preds[name], n) for name, key, n in outputs}, preds
 
     rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data, data, data), out_shardings=(rep, data))
+    return jax.jit(step, in_shardings=(rep, data, data, data, data), out_shardings=(rep, data))
 
 
 @dataclasses.dataclass
@@ -143,7 +150,7 @@ def local_rows(x: Any) -> np.ndarray:
 
 
 def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_classes: int, *,
-             mesh: Mesh | None = None, flip: bool = False, scales: Sequence[float] = (1.0,),
+             mesh: Mesh | None = None, flip: bool = False, scales: Sequence[float] = (1.0,), mask: bool = False,
              on_batch: Callable[[EvalBatch, np.ndarray], bool | None] | None = None,
              progress: bool = True, total: int | None = None, desc: str = "eval",
              leave: bool = True) -> EvalResult:
@@ -154,7 +161,9 @@ def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_class
     ``batches``: ``EvalBatch`` objects (``image`` (B, H, W, C) float32 preprocessed, ``label``
     (B, H, W) int with 255 in void, padding and filler, ``labels`` {batch key: (B, H, W)} of every
     output's labels (the 'label' key defaults to ``label``), ``sizes`` (B, 2), ``names``, ``indices`` (B,) with -1 for filler), this
-    process's rows of a global batch in multi-process runs. ``num_classes``: the model's. B must
+    process's rows of a global batch in multi-process runs. ``num_classes``: the model's. ``mask``: each
+    image's forward pass masked to its own size (``sizes``), so padded batches score exactly as each image
+    alone at its own size (:func:`make_eval_step`; a ``registry.maskable`` variant). B must
     be a multiple of the device count of ``mesh`` (default: all devices). The confusion matrices stay on
     device until the end. ``on_batch(batch, preds)`` is called on the host after each batch with this
     process's predictions (B, H, W) int32 of the main output (e.g. to save pictures); once it returns
@@ -163,7 +172,7 @@ def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_class
     unless ``leave`` (validation inside training clears its bar and logs one line instead).
     """
     mesh = make_mesh() if mesh is None else mesh
-    step = make_eval_step(model, num_classes, mesh, flip=flip, scales=scales)
+    step = make_eval_step(model, num_classes, mesh, flip=flip, scales=scales, mask=mask)
     outputs = model_outputs(model, num_classes)
     variables = put_replicated(as_variables(variables), mesh)
     sharding = data_sharding(mesh)
@@ -176,7 +185,9 @@ def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_class
             rows = batch.image.shape[0] * (1 if isinstance(batch.image, jax.Array) else jax.process_count())
             check_batch_size(int(rows), mesh, flag="batch size")
             image = _global(batch.image, sharding)
-            widths = _global(np.asarray(batch.sizes)[:, 1].astype(np.int32), sharding) if flip else None
+            host_sizes = np.asarray(batch.sizes).astype(np.int32)
+            sizes = _global(host_sizes, sharding) if mask else None
+            widths = _global(host_sizes[:, 1], sharding) if flip else None
             given = dict(getattr(batch, "labels", None) or {})
             given.setdefault(LABEL, batch.label)
             missing = sorted({o.batch_key for o in outputs if given.get(o.batch_key) is None})
@@ -185,7 +196,7 @@ def evaluate(model: FCN, variables: Any, batches: Iterable[EvalBatch], num_class
                                  f"{', '.join(o.name for o in outputs)} but the batches have no "
                                  f"{', '.join(missing)} labels (eval_batches(labels=...))")
             labels = {key: _global(given[key], sharding) for key in {o.batch_key for o in outputs}}
-            hists, preds = step(variables, image, labels, widths)
+            hists, preds = step(variables, image, labels, widths, sizes)
             for o in outputs:
                 accumulators[o.name].add(hists[o.name], labels[o.batch_key].size)
             preds = preds[outputs[0].name]

@@ -30,7 +30,7 @@ from fcn_jax import platform
 from fcn_jax.evaluate import EvalResult, evaluate, local_rows, model_outputs
 from fcn_jax.io import Manifest, WriteError, atomic_group, error_text, is_full_disk, output_manifest, write_json
 from fcn_jax.metrics import format_table
-from fcn_jax.models import resolve_inputs
+from fcn_jax.models import maskable, resolve_inputs
 from fcn_jax.models.outputs import label_fields
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh
 from fcn_jax.preprocess import CAFFE, convention_family, dataset_convention, display_image
@@ -191,7 +191,9 @@ class Evaluator:
     batches of ``batch_size`` (default: the device count) in ``convention`` with the fields ``inputs``,
     each image at its own size (``bucket_multiple`` None: images of one size batched together, as the
     reference) or padded to multiples of ``bucket_multiple``; ``flip`` / ``scales`` test-time augmentation.
-    The exact-size plan reads every image's size once, at the first call.
+    The exact-size plan reads every image's size once, at the first call. Padded batches of a
+    ``registry.maskable`` variant are masked to each image's size (:attr:`masked`), so they predict what
+    the exact-size plan does from a few compiled programs; other variants' padded images see the filler.
 
     ``evaluator(variables, pictures=None, progress=True, total=None, desc='eval', leave=True)`` ->
     :class:`~fcn_jax.evaluate.EvalResult` of every evaluated output of ``model``.
@@ -207,6 +209,9 @@ class Evaluator:
         self.flip, self.scales = flip, tuple(scales)
         self.num_classes = int(model.num_classes)
         self.outputs = model_outputs(model, self.num_classes)
+        variant = getattr(model, "variant", None)
+        #: padded batches run masked to each image's own size (same predictions as exact size)
+        self.masked = bucket_multiple is not None and variant is not None and maskable(variant)
         self._sizes: np.ndarray | None = None
 
     def sizes(self) -> np.ndarray:
@@ -226,7 +231,7 @@ class Evaluator:
                                sharding=data_sharding(self.mesh), inputs=self.inputs,
                                labels=label_fields(self.outputs))
         return evaluate(self.model, variables, batches, self.num_classes, mesh=self.mesh, flip=self.flip,
-                        scales=self.scales, on_batch=pictures, progress=progress, total=total, desc=desc,
+                        scales=self.scales, mask=self.masked, on_batch=pictures, progress=progress, total=total, desc=desc,
                         leave=leave)
 
 
@@ -257,7 +262,7 @@ def eval_convention(model: ModelInfo, dataset: str, requested: str | None) -> tu
 
 def _record(config: EvalConfig, model: ModelInfo, dataset: str, split: str, result: EvalResult,
             outputs: Sequence[Any], *, convention: str, inputs: str, devices: int, batch_size: int,
-            bucket: int | None) -> dict[str, Any]:
+            bucket: int | None, masked: bool) -> dict[str, Any]:
     """The JSON record of an evaluation: what was evaluated and how, the main output's scores at the top
     level, every scored output's under 'heads' when there are several."""
     record = {
@@ -265,7 +270,7 @@ def _record(config: EvalConfig, model: ModelInfo, dataset: str, split: str, resu
         "commit": platform.git_commit(), "variant": model.config.variant, "num_classes": model.config.num_classes,
         "preprocessing": convention, "inputs": inputs, "dtype": model.config.dtype, "num_images": result.num_images,
         "seconds": result.seconds, "images_per_s": _finite(result.images_per_s),
-        "devices": devices, "batch_size": batch_size, "bucket_multiple": bucket,
+        "devices": devices, "batch_size": batch_size, "bucket_multiple": bucket, "masked": masked,
         **head_record(result.scores, model.class_names),  # the main output's: SIFT Flow's semantic
         "tta": {"flip": config.flip, "scales": list(config.scales)},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -395,12 +400,18 @@ def evaluate_checkpoint(config: EvalConfig, log: Callable[[str], None] = print) 
             distinct = len({tuple(s) for s in sizes.tolist()})
             log(f"exact-size evaluation: {len(sizes)} images in {distinct} distinct sizes (one compiled program "
                 f"each)")
+        elif jax.process_index() == 0:
+            log(f"bucketed evaluation (multiple {bucket}): " + (
+                "each image masked to its own size, same predictions as exact size" if evaluator.masked else
+                f"{model.config.variant} cannot be masked to each image's size, so the padding changes its "
+                f"predictions (--bucket-multiple exact for the reference's)"))
         if jax.process_index() == 0 and (convention != model.preprocessing or inputs != "image"):
             log(f"input: {inputs}, preprocessing {convention} ({convention_from})")
         result = evaluator(variables, pictures=pictures, progress=config.progress,
                            total=ds.splits[split] if jax.process_count() == 1 else None)
         record = _record(config, model, dataset, split, result, outputs, convention=convention, inputs=inputs,
-                         devices=int(mesh.devices.size), batch_size=batch_size, bucket=bucket)
+                         devices=int(mesh.devices.size), batch_size=batch_size, bucket=bucket,
+                         masked=evaluator.masked)
         if jax.process_index() == 0:
             _print_tables(result, outputs, model, dataset, split, log)
             if pictures is not None:

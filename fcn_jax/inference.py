@@ -79,28 +79,40 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
-def forward(model: Any, variables: Any, x: jax.Array) -> dict[str, jax.Array]:
+def forward(model: Any, variables: Any, x: jax.Array, sizes: jax.Array | None = None) -> dict[str, jax.Array]:
     """``model.apply`` in inference mode as ``{output name: logits (B, H, W, C)}`` (the evaluated outputs),
     whatever the model returns for a single output. ``variables``: every collection (a bare parameter tree
-    is taken as ``{'params': tree}``)."""
+    is taken as ``{'params': tree}``). ``sizes`` (B, 2) int32: each image's (h, w) top-left in the padded
+    batch ``x``, for an exact own-size forward pass of each (an FCN whose ``registry.maskable``; see
+    :class:`fcn_jax.models.FCN`)."""
     variables = as_variables(variables)
     if getattr(model, "outputs", None) is not None:  # an FCN: its outputs by name
-        return dict(model.apply(variables, x, return_dict=True))
+        given = {} if sizes is None else {"sizes": sizes}
+        return dict(model.apply(variables, x, return_dict=True, **given))
+    if sizes is not None:
+        raise ValueError(f"{type(model).__name__} takes no per-image sizes (only an FCN of a maskable variant)")
     out = model.apply(variables, x)
     return dict(out) if isinstance(out, Mapping) else {"out": out}
 
 
 def class_scores(model: Any, variables: Any, x: jax.Array, *, flip: bool = False,
-                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None) -> dict[str, jax.Array]:
+                 scales: Sequence[float] = (1.0,), widths: jax.Array | None = None,
+                 sizes: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-class scores ``{output: (B, H, W, C) float32}`` of preprocessed inputs ``x`` (B, H, W, C_in), for
     every evaluated output (:func:`forward`); argmax = prediction.
 
     One pass: the logits. Test-time augmentation: the softmax probabilities averaged over every scale
     (and its mirror image with ``flip``). ``widths`` (B,): each image's true width inside a padded batch
-    (only used to mirror; None mirrors the whole width).
+    (only used to mirror; None mirrors the whole width). ``sizes`` (B, 2): each image's (h, w) inside a
+    padded batch, for masked forward passes (:func:`forward`; ``widths`` default to its widths). At scale 1,
+    mirrored or not, each image's scores are its own-size ones; a scaled pass resizes the whole canvas and
+    masks each image to its rounded scaled size, so there an image's border blends with the canvas filler
+    (the own-size pass resizes the image alone).
     """
+    if sizes is not None and widths is None:
+        widths = sizes[:, 1]
     if is_single_pass(flip, scales):
-        return forward(model, variables, x)
+        return forward(model, variables, x, sizes)
     scales = check_scales(scales)
     batch, height, width, _ = x.shape
     total = None
@@ -108,6 +120,9 @@ def class_scores(model: Any, variables: Any, x: jax.Array, *, flip: bool = False
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         xs = x if size == (height, width) else jax.image.resize(x, (batch, *size, x.shape[3]), "bilinear")
         ws = None if widths is None else jnp.round(widths * (size[1] / width))
+        ss = None if sizes is None else jnp.maximum(jnp.round(sizes * jnp.asarray(
+            [size[0] / height, size[1] / width])), 1).astype(jnp.int32) * (sizes > 0)
+        ws = ws if ss is None else ss[:, 1]
         for mirrored in (False, True) if flip else (False,):
             def probabilities(logits: jax.Array) -> jax.Array:
                 if mirrored:
@@ -116,7 +131,7 @@ def class_scores(model: Any, variables: Any, x: jax.Array, *, flip: bool = False
                     logits = jax.image.resize(logits, (batch, height, width, logits.shape[3]), "bilinear")
                 return jax.nn.softmax(logits, axis=-1)
 
-            probs = jax.tree.map(probabilities, forward(model, variables, mirror(xs, ws) if mirrored else xs))
+            probs = jax.tree.map(probabilities, forward(model, variables, mirror(xs, ws) if mirrored else xs, ss))
             total = probs if total is None else jax.tree.map(jnp.add, total, probs)
     return jax.tree.map(lambda t: t / (len(scales) * (2 if flip else 1)), total)
 

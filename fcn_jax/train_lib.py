@@ -30,9 +30,9 @@ from fcn_jax.io import write_json
 from fcn_jax import parallel
 from fcn_jax.config import (FREQUENCY, ModelConfig, TrainConfig, format_config, parse_class_weights, parse_lr_mults,
                             to_dict)
-from fcn_jax.models import final_upsampler_names, initial_variables, resolve_inputs, upsampler_names
+from fcn_jax.models import final_upsampler_names, initial_variables, maskable, resolve_inputs, upsampler_names
 from fcn_jax.models import outputs as model_outputs
-from fcn_jax.models.outputs import SEGMENTATION, Output, evaluated, label_fields
+from fcn_jax.models.outputs import SEGMENTATION, SIZES, Output, evaluated, label_fields
 from fcn_jax.preprocess import convention_family
 from fcn_jax.runlog import RunLog
 from fcn_jax.variables import PARAMS, as_variables, join, model_state
@@ -293,8 +293,9 @@ def total_loss(totals: dict[str, jax.Array], scales: dict[str, jax.Array], outpu
 class StepPieces:
     """What a train step is built from, computed once from the config (nothing is rebuilt at trace time):
     the outputs it trains, the model's class count (what class weights are for), the loss normalisation ('sum' | 'mean'), the class weights (C,) or None, the
-    micro-batch count, the seed of the dropout keys, the learning-rate schedule (for the metrics) and the
-    frozen mask (a tree of bools like ``params``, from :func:`param_labels`)."""
+    micro-batch count, the seed of the dropout keys, the learning-rate schedule (for the metrics), the
+    frozen mask (a tree of bools like ``params``, from :func:`param_labels`) and whether the network masks
+    padded batches to each image's size (``masked``: ``registry.maskable``)."""
 
     outputs: tuple[Output, ...]
     num_classes: int
@@ -304,6 +305,7 @@ class StepPieces:
     seed: int
     schedule: Callable[[Any], Any]
     frozen: Any
+    masked: bool = False
 
 
 def step_pieces(cfg: TrainConfig, params: Any) -> StepPieces:
@@ -313,7 +315,8 @@ def step_pieces(cfg: TrainConfig, params: Any) -> StepPieces:
     return StepPieces(outputs=batch_spec(cfg)[1], num_classes=cfg.model.num_classes, loss=cfg.loss,
                       class_weights=None if weights is None else tuple(float(w) for w in weights),
                       grad_accum=cfg.grad_accum, seed=cfg.seed, schedule=make_schedule(cfg),
-                      frozen=jax.tree.map(lambda label: label == "frozen", labels))
+                      frozen=jax.tree.map(lambda label: label == "frozen", labels),
+                      masked=maskable(cfg.model.variant))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPieces) -> tuple[TrainState, dict]:
@@ -328,12 +331,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPi
     multiplied by its class's weight and 'mean' divides by the weights' sum. Several outputs (SIFT Flow's
     two heads, an auxiliary head) add their losses, each against its own labels, normalised as above by
     its own pixels and times its ``loss_weight``. Frozen parameters get no gradient. Dropout keys derive
-    from (seed, step), so a resumed run draws the same masks.
+    from (seed, step), so a resumed run draws the same masks. A padded batch's 'sizes' (B, 2) int32 (each
+    image's own (h, w), reference mode's buckets) mask a ``pieces.masked`` network to each image's extent:
+    every image's loss and gradients are those of the image alone at its own size (but for the dropout
+    masks, which are drawn for the map's shape); other networks ignore them.
     """
     outputs = pieces.outputs
     images = batch["image"]
     keys = sorted({o.batch_key for o in outputs})
     labels = {k: batch[k] for k in keys}
+    sizes = batch.get(SIZES) if pieces.masked else None
     accum = pieces.grad_accum
     weights = None if pieces.class_weights is None else jnp.asarray(pieces.class_weights, jnp.float32)
     scales, counts = loss_scales(labels, outputs, pieces.loss, images.shape[0], weights, pieces.num_classes)
@@ -341,27 +348,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPi
     mutable = sorted(state.model_state)
 
     def loss_fn(params: Any, model_state: dict[str, Any], x: jax.Array, ys: dict[str, jax.Array],
-                k: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+                k: jax.Array, hw: jax.Array | None) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
         # frozen parameters get no gradient at all, so XLA drops their backward pass
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, pieces.frozen)
+        masked = {} if hw is None else {"sizes": hw}
         logits, new_state = state.apply_fn(join(params, model_state), x, train=True, return_dict=True,
-                                           rngs={"dropout": k}, mutable=mutable)
+                                           rngs={"dropout": k}, mutable=mutable, **masked)
         totals = output_losses(logits, ys, outputs, weights, pieces.num_classes)
         return total_loss(totals, scales, outputs), (totals, dict(new_state))
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if accum == 1:
-        grads, (totals, new_model_state) = grad_fn(state.params, state.model_state, images, labels, key)
+        grads, (totals, new_model_state) = grad_fn(state.params, state.model_state, images, labels, key, sizes)
     else:
         # (B, ...) -> (B/accum, accum, ...): micro-batch i takes rows i, i+accum, ..., which keeps each
         # device's rows on that device when the batch axis is sharded.
         split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])  # noqa: E731
         xs, ys = split(images), {k: split(v) for k, v in labels.items()}
+        hws = None if sizes is None else split(sizes)
 
         def body(i: jax.Array, carry: tuple[Any, dict[str, jax.Array], dict[str, Any]]) -> tuple[Any, ...]:
             g_acc, t_acc, ms = carry
             g, (t, ms) = grad_fn(state.params, ms, xs[:, i], {k: v[:, i] for k, v in ys.items()},
-                                 jax.random.fold_in(key, i))
+                                 jax.random.fold_in(key, i), None if hws is None else hws[:, i])
             return jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, t_acc, t), ms
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)

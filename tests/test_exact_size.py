@@ -86,7 +86,8 @@ def test_default_evaluation_equals_per_image_apply_and_buckets_do_not():
     for i, pred in enumerate(want_preds):
         np.testing.assert_array_equal(got_preds[i], pred)
 
-    # Padding into a 64x64 bucket changes the activations (ReLU of the bias, ceil-pooling sizes): the
+    # Padding into a 64x64 bucket unmasked (evaluate(mask=False)) changes the activations (ReLU of the
+    # bias, ceil-pooling sizes; tests/test_masked_buckets.py has the masked, exact way): the
     # same pixels are counted, but predictions differ (here 1-3% of the pixels of every image).
     got_preds.clear()
     bucketed = evaluate(model, params, eval_batches(source, batch_size=2, convention="caffe", bucket_multiple=64),

@@ -24,7 +24,9 @@ cheap RNG draws before that position are replayed once).
 Modes. ``reference``: whole images, no augmentation. With ``bucket_multiple=None`` (the reference)
 each image is used at its own size, unpadded (needs ``batch_size=1``); with an int, images are
 padded to a bucket shape (H and W rounded up to ``bucket_multiple``; image padded with 0 = the
-mean colour after preprocessing, label with 255). ``modern``: random scale in ``scale_range``
+mean colour after preprocessing, label with 255) and the batch carries each image's own (h, w) as
+``sizes`` (B, 2) int32, which the train step masks the network to (``FCN(x, sizes=...)``: the own-size
+computation for the reference-geometry networks). ``modern``: random scale in ``scale_range``
 (bilinear image, nearest-neighbour label, same sampling grid; with ``resize_base`` the shorter side is
 drawn in pixels instead, as torchvision's ``RandomResize``), random ``crop_size`` square crop
 (padded as above where the scaled image is smaller), random horizontal flip, all applied to image
@@ -69,7 +71,7 @@ import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 from PIL import Image
 
-from fcn_jax.models.outputs import LABEL, SEGMENTATION
+from fcn_jax.models.outputs import LABEL, SEGMENTATION, SIZES
 from fcn_jax.preprocess import DEPTH, IMAGE, VOID, check_convention, check_inputs, compose, input_fields
 
 MODES = ("reference", "modern")
@@ -511,10 +513,15 @@ def train_iterator(source: Sequence[Example], cfg: TrainInput, *, sharding: jax.
     agree = cfg.mode == "reference" and cfg.bucket_multiple is not None and jax.process_count() > 1
     label_keys = tuple(key for key, _ in labels)
 
+    padded = cfg.mode == "reference" and cfg.bucket_multiple is not None
+
     def finalize(batch: HostBatch) -> dict[str, jax.Array]:
         if agree:
             batch = _grow(batch, _agree_shape(batch[LABEL].shape[1:]))
-        return device_batch(batch, cfg.convention, sharding, cfg.inputs, label_keys)
+        out = device_batch(batch, cfg.convention, sharding, cfg.inputs, label_keys)
+        if padded:  # each image's own (h, w): the train step masks the network to it
+            out[SIZES] = _to_device(batch["valid"], sharding)
+        return out
 
     return TrainIterator(local, finalize, cfg=cfg, num_examples=len(source), background=not agree,
                          prefetch=prefetch, num_threads=num_threads or _default_threads())

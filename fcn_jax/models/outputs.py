@@ -11,6 +11,7 @@ from fcn_jax.classes import GEOMETRIC_CLASSES
 
 SEGMENTATION = "segmentation"  # the example field of the semantic labels
 LABEL = "label"  # the batch key of the semantic labels
+SIZES = "sizes"  # the batch key of padded training batches' (B, 2) int32 own (h, w) of each image
 
 # example field -> class names of label fields whose classes are fixed (SIFT Flow's geometric labels)
 FIELD_CLASS_NAMES: dict[str, tuple[str, ...]] = {"geometric": GEOMETRIC_CLASSES}
