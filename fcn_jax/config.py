@@ -130,7 +130,9 @@ class TrainConfig:
                                      "520 and 0.5,2)")
     flip: bool = option(True, "modern mode: random horizontal flips")
     bucket_multiple: int | None = option(None, "reference mode: pad whole images to a multiple of this to "
-                                         "batch them (None: each image at its own size, batch 1, as Caffe)")
+                                         "batch them and compile fewer programs; the reference-geometry nets are "
+                                         "masked to each image's size, so each image's loss and gradients are its "
+                                         "own-size ones (None: each image at its own size, batch 1, as Caffe)")
     sampling: str = option("epoch", "training order: 'epoch' (a permutation per epoch) or 'replacement' "
                            "(uniform draws with replacement, Caffe's voc_layers.py)", ("epoch", "replacement"))
     preprocessing: str = option("caffe", "input convention: 'caffe' (BGR minus the ImageNet/VOC mean), its dataset "
@@ -178,8 +180,9 @@ class TrainConfig:
     eval_every: int = option(500, "steps between validations")
     eval_batch_size: int = option(8, "validation batch size")
     eval_bucket_multiple: int | None = option(None, "validation: pad images to a multiple of this (fewer "
-                                              "compiled shapes, but padding changes the predictions); None: "
-                                              "each image at its own size, as the reference")
+                                              "compiled shapes; the reference-geometry nets are masked to each "
+                                              "image's size and predict as at exact size, the BatchNorm / ResNet "
+                                              "FCNs see the padding); None: each image at its own size")
     checkpoint_every: int = option(500, "steps between checkpoints")
     keep_checkpoints: int = option(3, "number of latest checkpoints kept")
 

@@ -2,7 +2,7 @@
 
 Library side of ``eval.py`` and of the training loop's periodic validation:
 
-- :func:`make_eval_step` compiles ``(params, image, label[, widths]) -> (hist, preds)``: parameters
+- :func:`make_eval_step` compiles ``(params, image, label[, widths, sizes]) -> (hist, preds)``: parameters
   replicated, the batch split over the mesh's ``'data'`` axis, the (n, n) confusion matrix summed over
   all devices by XLA.
 - :func:`evaluate` runs it over an iterable of ``EvalBatch`` (``fcn_jax.data.pipeline.eval_batches``:
@@ -15,7 +15,9 @@ scored on its own: one confusion matrix per output, against the labels of its ba
 each with the reference's metrics (``EvalResult.heads``); ``EvalResult.hist`` / ``scores`` are the main
 output's. Training-only outputs (an auxiliary head) are not computed.
 
-The forward pass and its test-time augmentation are :func:`fcn_jax.inference.class_scores`. Mirroring
+The forward pass and its test-time augmentation are :func:`fcn_jax.inference.class_scores`. With
+``mask`` (a ``registry.maskable`` variant) every image of a padded batch is masked to its own size
+(:mod:`fcn_jax.models.extent`): its scores are the exact-size ones, mirrored passes included. Mirroring
 is per image within its own width, so the padding of a bucketed batch stays on the right; scaling
 resizes the whole padded canvas, so an image's last row and column blend slightly with the padding.
 Exact-size batches have no padding.

@@ -231,8 +231,8 @@ class Evaluator:
                                sharding=data_sharding(self.mesh), inputs=self.inputs,
                                labels=label_fields(self.outputs))
         return evaluate(self.model, variables, batches, self.num_classes, mesh=self.mesh, flip=self.flip,
-                        scales=self.scales, mask=self.masked, on_batch=pictures, progress=progress, total=total, desc=desc,
-                        leave=leave)
+                        scales=self.scales, mask=self.masked, on_batch=pictures, progress=progress, total=total,
+                        desc=desc, leave=leave)
 
 
 def _finite(value: float) -> float | None:

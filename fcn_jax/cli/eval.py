@@ -62,7 +62,9 @@ def build_parser(prog: str = "eval.py") -> ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="global batch size (default: number of devices)")
     parser.add_argument("--bucket-multiple", type=parse_bucket, default=None, metavar="N|exact",
                         help="pad images to a multiple of N in each dimension and batch them together: compiles "
-                        "fewer programs, but results differ from the reference (padding changes the activations); "
+                        "fewer programs; the reference-geometry networks are masked to each image's own size, so "
+                        "they predict exactly as at exact size (one scale; with --scales the rescaled passes blend "
+                        "the border), the BatchNorm / ResNet FCNs' predictions change with the padding; "
                         "'exact': each image at its own size, batched only with images of the same size. Default: "
                         "the training run's validation setting on its own dataset, else exact")
     parser.add_argument("--inputs", choices=INPUTS, help="example fields forming the network input (default: the "

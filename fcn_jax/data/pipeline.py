@@ -40,8 +40,9 @@ Evaluation: full resolution, no resizing. By default (``bucket_multiple=None``) 
 the reference: batches only group images of one (H, W), planned from the sizes of all examples
 (groups in order of first appearance, each chunked into global batches, the last one completed
 with all-void filler rows of the same shape), so the step compiles once per distinct size. With
-``bucket_multiple=N`` consecutive images are padded to the bucket of the largest (fewer programs,
-but padding changes the activations, so results differ from the reference). Each example appears
+``bucket_multiple=N`` consecutive images are padded to the bucket of the largest (fewer programs;
+``EvalBatch.sizes`` lets the step mask a reference-geometry network to each image's size, which gives
+the exact-size predictions, see :mod:`fcn_jax.models.extent`). Each example appears
 exactly once over all processes.
 
 Host work (decoding, resizing, cropping, padding; all uint8, depth uint16) runs in grain's thread

@@ -134,8 +134,8 @@ class GoogLeNet(nn.Module):
     (N, h, w, 1024 * width) in ``dtype``, after dropout (``dropout_rate``, GoogLeNet's 0.4) in training;
     stride ``STRIDES['top']`` = 32. ``padding='reference'``: any H, W >= 1, h = floor((H + 31) / 32) (e.g.
     500 -> 16); ``padding='same'``: H, W multiples of 32, h = H / 32 (else ValueError).
-    ``extent`` (:class:`~fcn_jax.models.extent.Extent` of ``x``): every conv masked to its own extent;
-    returns ``(maps, {'top': Extent})`` (``MASKABLE``; every pool reads ReLU outputs or LRN of them, >= 0).
+    ``extent`` (:class:`~fcn_jax.models.extent.Extent` of ``x``): every conv and pool output masked to its
+    own extent; returns ``(maps, {'top': Extent})`` (``MASKABLE``; every pool reads ReLU outputs or LRN of them, >= 0).
     Parameters: ``{param_name(caffe layer)}/{kernel (HWIO), bias}``, float32, e.g. ``conv1__7x7_s2``.
     """
 
