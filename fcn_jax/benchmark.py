@@ -35,9 +35,9 @@ from jax.sharding import Mesh
 
 from fcn_jax import configs, parallel
 from fcn_jax.config import ModelConfig, TrainConfig
-from fcn_jax.inference import forward
+from fcn_jax.inference import forward, label_map
 from fcn_jax.models import input_shape, main_output, outputs
-from fcn_jax.train_lib import create_train_state, make_train_step
+from fcn_jax.train_lib import abstract_state, create_train_state, make_train_step
 
 MODES = ("train", "infer")
 VOID_FRACTION = 0.1
@@ -150,6 +150,14 @@ class Workload:
     compile_s: float
 
 
+def label_classes(cfg: BenchmarkConfig) -> dict[str, int]:
+    """Every label field an output of ``cfg``'s network learns from, and its output's class count."""
+    classes: dict[str, int] = {}
+    for o in outputs(cfg.variant, cfg.num_classes):
+        classes.setdefault(o.batch_key, o.classes)
+    return classes
+
+
 def host_batch(cfg: BenchmarkConfig, batch_size: int) -> dict[str, np.ndarray]:
     """A synthetic batch on the host, NHWC: images ~ N(0, 50^2) (the scale of Caffe-preprocessed
     pixels) and int32 labels uniform over the classes with 10% void (255)."""
@@ -157,10 +165,7 @@ def host_batch(cfg: BenchmarkConfig, batch_size: int) -> dict[str, np.ndarray]:
     shape = (batch_size, *cfg.image_size)
     image = 50.0 * rng.standard_normal((*shape, 3), np.float32)
     batch = {"image": image}
-    classes: dict[str, int] = {}  # every label an output learns from, over its output's classes
-    for o in outputs(cfg.variant, cfg.num_classes):
-        classes.setdefault(o.batch_key, o.classes)
-    for key, n in classes.items():
+    for key, n in label_classes(cfg).items():
         label = rng.integers(0, n, shape, dtype=np.int32)
         label[rng.random(shape) < VOID_FRACTION] = 255
         batch[key] = label
@@ -175,6 +180,12 @@ def synthetic_batch(cfg: BenchmarkConfig, mesh: Mesh) -> dict[str, jax.Array]:
             for k, v in batch.items()}
 
 
+def variable_shapes(model_config: ModelConfig) -> dict[str, Any]:
+    """Every collection of the network's variables as ``jax.ShapeDtypeStruct`` leaves (nothing computed)."""
+    model = model_config.build()
+    return dict(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape(model_config.variant)))))
+
+
 def synthetic_variables(model_config: ModelConfig, seed: int = 0) -> dict[str, Any]:
     """Variables of the network's shapes (every collection), drawn on the host: He-normal kernels, zero
     biases, BatchNorm scales 1 and running statistics mean 0, variance 1.
@@ -182,8 +193,7 @@ def synthetic_variables(model_config: ModelConfig, seed: int = 0) -> dict[str, A
     Their values do not change the cost of dense convolutions; drawing them with NumPy avoids
     compiling the model's initialiser (tens of seconds on a small CPU).
     """
-    model = model_config.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape(model_config.variant))))
+    shapes = variable_shapes(model_config)
     rng = np.random.default_rng(seed)
 
     def draw(path: tuple[Any, ...], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -195,7 +205,7 @@ def synthetic_variables(model_config: ModelConfig, seed: int = 0) -> dict[str, A
         fan_in = math.prod(leaf.shape[:-1])
         return (rng.standard_normal(leaf.shape, np.float32) * math.sqrt(2.0 / fan_in)).astype(leaf.dtype)
 
-    return dict(jax.tree_util.tree_map_with_path(draw, dict(shapes)))
+    return dict(jax.tree_util.tree_map_with_path(draw, shapes))
 
 
 def synthetic_params(model_config: ModelConfig, seed: int = 0) -> Any:
@@ -234,7 +244,7 @@ def make_predict_step(model_config: ModelConfig, mesh: Mesh) -> Callable[[Any, j
 
     def predict(variables: Any, images: jax.Array) -> jax.Array:
         logits = forward(model, variables, images)[output]
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return label_map(logits)
 
     data = parallel.data_sharding(mesh)
     return jax.jit(predict, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
@@ -247,6 +257,26 @@ def infer_workload(cfg: BenchmarkConfig, mesh: Mesh) -> Workload:
     images = synthetic_batch(cfg, mesh)["image"]
     compiled, compile_s = _compile(make_predict_step(model_config, mesh), variables, images)
     return Workload(lambda: compiled(variables, images), compiled, compile_s)
+
+
+def abstract_step(cfg: BenchmarkConfig, mesh: Mesh) -> tuple[Any, tuple[Any, ...]]:
+    """The jitted step of ``cfg``'s mode over ``mesh`` and its arguments as ``jax.ShapeDtypeStruct``s with
+    their shardings (TrainState or variables replicated, the batch of ``cfg.batch_size`` per device split on
+    'data'): what :func:`train_workload` / :func:`infer_workload` compile, for compiling without data
+    (``jitted.lower(*args).compile()``; :mod:`fcn_jax.topology` does it for TPU slices)."""
+    global_batch = cfg.batch_size * mesh.devices.size
+    data, replicated = parallel.data_sharding(mesh), parallel.replicated(mesh)
+    spec = lambda shape, dtype, sharding=data: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
+    shape = (global_batch, *cfg.image_size)
+    images = spec((*shape, 3), jnp.float32)
+    if cfg.mode == "train":
+        tcfg = cfg.train_config(global_batch)
+        state = abstract_state(tcfg, tcfg.model.build(), mesh)
+        batch = {"image": images, **{key: spec(shape, jnp.int32) for key in label_classes(cfg)}}
+        return make_train_step(tcfg, mesh), (state, batch)
+    model_config = cfg.model_config()
+    variables = jax.tree.map(lambda s: spec(s.shape, s.dtype, replicated), variable_shapes(model_config))
+    return make_predict_step(model_config, mesh), (variables, images)
 
 
 def run_onnxruntime(cfg: BenchmarkConfig) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from fcn_jax.inference import class_scores
+from fcn_jax.inference import class_scores, label_map
 from fcn_jax.metrics import ConfusionAccumulator, confusion_matrix, scores
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh, put_replicated, replicated
 from fcn_jax.models.outputs import LABEL, Output, evaluated
@@ -103,7 +103,7 @@ def _compiled_step(model: FCN, outputs: tuple[tuple[str, str, int], ...], mesh: 
                    scales: tuple[float, ...], mask: bool):
     def step(variables, image, labels, widths, sizes):
         out = class_scores(model, variables, image, flip=flip, scales=scales, widths=widths, sizes=sizes)
-        preds = {name: jnp.argmax(out[name], axis=-1).astype(jnp.int32) for name, _, _ in outputs}
+        preds = {name: label_map(out[name]) for name, _, _ in outputs}
         return {name: confusion_matrix(labels[key], preds[name], n) for name, key, n in outputs}, preds
 
     rep, data = replicated(mesh), data_sharding(mesh)

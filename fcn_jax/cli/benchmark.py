@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 from fcn_jax import benchmark as bench
-from fcn_jax import cli, platform
+from fcn_jax import cli, platform, topology
 from fcn_jax import io as fcn_io
 from fcn_jax.cli import ArgumentParser
 from fcn_jax.config import DTYPES
@@ -85,7 +85,25 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                         help="infer mode: also export the same network and batch to ONNX (float32) and time it on "
                              "onnxruntime's CPU provider, side by side (needs fcn-jax[onnx])")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH ('-': stdout)")
+    tpu = parser.add_argument_group("TPU slices, planned on this host (compile only; needs libtpu: "
+                                    "pip install \"jax[tpu]==<jax version>\")")
+    tpu.add_argument("--topology", type=parse_slice, metavar="SLICE",
+                     help="compile for a TPU slice instead of running: v5e-8, v4-8, v5p-8, v6e-8, v5e-256, ... "
+                          "(Cloud TPU's names: chips for v5e / v6e, TensorCores for v4 / v5p) or v5e:2x4, "
+                          "v4:2x2x1; reports per-chip memory against HBM, FLOPs, bytes and a roofline bound "
+                          "from the compiler's analysis (estimates, not measurements); --batch-size is per chip")
+    tpu.add_argument("--max-batch", action="store_true",
+                     help="with --topology: find the largest per-chip batch that fits (doubling from "
+                          "--batch-size, then bisecting; one compile each)")
     return parser
+
+
+def parse_slice(text: str) -> topology.Slice:
+    """``--topology``: a TPU slice name (:func:`fcn_jax.topology.parse_slice`)."""
+    try:
+        return topology.parse_slice(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 BENCHMARKED = tuple(v for v in VARIANTS if supports(v, rgb=True, single_output=True))
@@ -144,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     check_json_path(args.json)
+    if args.max_batch and args.topology is None:
+        raise cli.UsageError("--max-batch: only with --topology (it compiles for a TPU slice)")
+    if args.topology is not None:
+        if args.onnxruntime:
+            raise cli.UsageError("--onnxruntime: not with --topology (nothing runs on a planned slice)")
+        return plan(args, cfg)
     if args.onnxruntime:
         check_onnxruntime(cfg)
     platform.setup()  # CPU XLA flags, compilation cache; multi-host: auto-detected on TPU pods / SLURM
@@ -161,6 +185,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(bench.format_result(result), file=sys.stderr if args.json == "-" else sys.stdout)
         if args.json:
             write_json(args.json, result)
+    return 0
+
+
+def plan(args: argparse.Namespace, cfg: bench.BenchmarkConfig) -> int:
+    """``--topology``: compile ``cfg`` for the slice (or search ``--max-batch``), print the compiler's figures."""
+    if not topology.available():
+        raise cli.UsageError(f"--topology: needs libtpu, the TPU compiler: {topology.INSTALL}")
+    if "JAX_PLATFORMS" not in os.environ:  # this host's own devices stay the CPU: no TPU runtime is sought
+        jax.config.update("jax_platforms", "cpu")
+    platform.setup()
+    tpu = args.topology
+    chips = topology.devices(tpu)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    what = f"{cfg.variant} {cfg.mode} {cfg.image_size[0]}x{cfg.image_size[1]} {cfg.dtype}"
+    print(f"compiling {what} for {tpu.name} ({tpu.topology}, {len(chips)} chips, {tpu.hosts} host"
+          f"{'s' if tpu.hosts != 1 else ''}) on this host; each compile takes a minute or more", file=out, flush=True)
+    if not args.max_batch:
+        result = topology.analyse(cfg, tpu, chips)
+        print(topology.format_record(result), file=out)
+    else:
+        def report(record: dict[str, Any]) -> None:
+            c = record["config"]
+            state = (f"fits, peak {record['memory']['peak'] / topology.GIB:.2f} GiB" if record["fits"]
+                     else "does not fit")
+            print(f"batch {c['batch_size']}/chip: {state} ({record['compile_s']:.0f} s)", file=out, flush=True)
+
+        result = topology.max_batch(cfg, tpu, chips=chips, report=report)
+        print(topology.format_record(result["record"]), file=out)
+        print(f"largest batch per chip that fits: {result['max_batch']}"
+              f"{' (the search limit)' if result['max_batch'] == result['limit'] else ''}", file=out)
+    if args.json:
+        write_json(args.json, result)
     return 0
 
 
