@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             base = dict(variant=variant, width=args.width, dtype=args.dtype)
             train = bench.BenchmarkConfig(mode="train", batch_size=args.batch_size, image_size=args.train_size, **base)
             seen: list[dict[str, Any]] = []
-            search = topology.max_batch(train, tpu, limit=args.limit, chips=chips, report=seen.append)
+
+            def report(record: dict[str, Any]) -> None:
+                seen.append(record)
+                state = f"peak {record['memory']['peak'] / GIB:.2f} GiB" if record["fits"] else "does not fit"
+                print(f"  {tpu.name} {variant} train batch {record['config']['batch_size']}/chip: {state} "
+                      f"({record['compile_s']:.0f} s)", file=sys.stderr, flush=True)
+
+            search = topology.max_batch(train, tpu, limit=args.limit, chips=chips, report=report)
             infer = topology.analyse(bench.BenchmarkConfig(mode="infer", batch_size=1, image_size=args.infer_size,
                                                            **base), tpu, chips)
             seconds = time.perf_counter() - start

@@ -276,13 +276,14 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
     """The largest per-chip batch (at most ``limit``) that XLA's TPU compiler fits in HBM, each candidate
     decided by a compile. From ``cfg.batch_size``, the next candidate is where the line through the two
     batches nearest the boundary reaches the HBM the compiler can use (memory grows linearly with the
-    batch), or the midpoint when the last two compiles fell on the same side; doubling while only one
-    size is known. Usually 4-6 compiles. Returns {'max_batch': n (0: not even batch 1), 'limit',
+    batch; after the first compile, the line through it whose growth is its temporaries), or the
+    midpoint when the last two compiles fell on the same side. Usually 3-5 compiles. Returns {'max_batch': n (0: not even batch 1), 'limit',
     'tried': {batch: fits}, 'record': :func:`analyse`'s record of that batch (of the smallest tried when
     none fits)}. ``report(record)`` sees each compile as it finishes."""
     chips = devices(tpu) if chips is None else list(chips)
     records: dict[int, dict[str, Any]] = {}
     sides: list[bool] = []
+    stepped: list[int] = []  # batches after which the line was at or below the largest fit
 
     def peak(record: dict[str, Any]) -> int | None:
         return record["memory"]["peak"] if record["fits"] else record.get("needed_bytes")
@@ -299,12 +300,23 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
             (b0, p0), (b1, p1) = fitting[-1], failing[0]
         elif len(fitting) >= 2:
             (b0, p0), (b1, p1) = fitting[-2:]
+        elif records[fitting[0][0]].get("memory", {}).get("temp"):  # one compile: temporaries grow with the batch
+            b1, p1 = fitting[0]
+            b0, p0 = 0, p1 - records[b1]["memory"]["temp"]
         else:
             return 2 * low if high > limit else (low + high) // 2
         usable = next((r["available_bytes"] for r in records.values() if r.get("available_bytes")),
                       tpu.generation.hbm_bytes)
         slope = (p1 - p0) / (b1 - b0)
-        return int(b0 + (usable - p0) // slope) if slope > 0 else (low + min(high, limit)) // 2
+        if slope <= 0:
+            return (low + min(high, limit + 1)) // 2 if high <= limit else 2 * low
+        line = int(b0 + (usable - p0) // slope)
+        if line > low:
+            return line
+        if stepped:  # the line said "here" twice and was wrong: it underestimates, so double
+            return 2 * low if high > limit else (low + high) // 2
+        stepped.append(low)
+        return low + 1  # at or below the largest fit: try the next one
 
     low, high = 0, limit + 1  # low fits (0: none yet), high does not (limit + 1: none yet)
     batch = max(1, min(cfg.batch_size, limit))

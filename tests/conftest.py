@@ -17,6 +17,11 @@ import subprocess
 
 import pytest
 
+# The suite runs on the CPU, also where libtpu is installed (requirements-dev.txt: the TPU compile-only tests):
+# without a TPU, JAX would otherwise try libtpu's runtime at its first device query and libtpu would print
+# its warnings to the stderr of every tool the tests run. The compile-only path needs no TPU runtime.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_compilation_cache(tmp_path_factory):
@@ -104,7 +109,8 @@ def early_runs(request, tmp_path_factory):
 LONGEST_FIRST = ("test_train_loop.py", "test_learning.py", "test_model_contract.py", "test_train_step.py",
                  "test_checkpoint_faults.py", "test_fidelity.py", "test_folder_faults.py", "test_bn_fcns.py",
                  "test_output_faults.py", "test_tiling.py", "test_bn_weights.py", "test_interrupts.py",
-                 "test_weights.py", "test_multimodal.py", "test_evaluate.py")
+                 "test_weights.py", "test_multimodal.py", "test_evaluate.py", "test_masked_buckets.py",
+                 "test_accelerator_script.py", "test_topology.py")
 
 
 def pytest_collection_modifyitems(items):
