@@ -1,5 +1,6 @@
 """``benchmark.py`` / ``fcn-benchmark``: throughput and MFU of the train step or inference (see
-:mod:`fcn_jax.benchmark`). Bad values give one error line and exit code 2."""
+:mod:`fcn_jax.benchmark`), or with ``--topology`` the same step compiled for a TPU slice on this host
+(:mod:`fcn_jax.topology`). Bad values give one error line and exit code 2."""
 from __future__ import annotations
 
 import argparse
