@@ -9,6 +9,7 @@ measurement. Prints one markdown row per slice and variant as it finishes; ``--j
     pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"
     python benchmarks/tpu_plan.py                                   # v4-8 v5e-8 v5p-8 v6e-8, fcn8s
     python benchmarks/tpu_plan.py --slices v5e-8 --variants fcn8s fcn-resnet50 --json plan.json
+    python benchmarks/tpu_plan.py --slices v4-8 v5p-8 --no-max-batch   # one train compile per slice
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def row(tpu: topology.Slice, variant: str, search: dict[str, Any], first: dict[s
         return f"{value:.1f}" if value else "n/a"
 
     infer_cell = f"{memory(infer)}, {bound(infer)}" if infer["fits"] else memory(infer)
-    return (f"| {tpu.name} ({tpu.topology}) | {variant} | {search['max_batch']} | {memory(first)} | {bound(first)} | "
+    largest = "not searched" if search["max_batch"] is None else search["max_batch"]
+    return (f"| {tpu.name} ({tpu.topology}) | {variant} | {largest} | {memory(first)} | {bound(first)} | "
             f"{infer_cell} | {len(search['tried']) + 1}, {seconds:.0f} |")
 
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0, help="channel width (1 = the real network)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--limit", type=int, default=1024, help="largest per-chip batch searched (default 1024)")
+    parser.add_argument("--no-max-batch", dest="max_batch", action="store_false",
+                        help="compile the train step at --batch-size only (no search for the largest batch)")
     parser.add_argument("--json", metavar="PATH", help="write every record to PATH")
     args = parser.parse_args(argv)
     if not topology.available():
@@ -87,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {tpu.name} {variant} train batch {record['config']['batch_size']}/chip: {state} "
                       f"({record['compile_s']:.0f} s)", file=sys.stderr, flush=True)
 
-            search = topology.max_batch(train, tpu, limit=args.limit, chips=chips, report=report)
+            if args.max_batch:
+                search = topology.max_batch(train, tpu, limit=args.limit, chips=chips, report=report)
+            else:
+                report(topology.analyse(train, tpu, chips))
+                search = {"max_batch": None, "tried": {str(args.batch_size): seen[0]["fits"]}}
             infer = topology.analyse(bench.BenchmarkConfig(mode="infer", batch_size=1, image_size=args.infer_size,
                                                            **base), tpu, chips)
             seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ runs there (the devices span hosts).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import os
@@ -154,16 +155,32 @@ def available() -> bool:
     return find_spec("libtpu") is not None
 
 
+def _c_environment() -> set[str]:
+    """The names in the process's C environment, which libtpu changes with setenv() behind ``os.environ``'s
+    back (children inherit it); ``os.environ``'s names where libc cannot be read."""
+    try:
+        environ = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError, AttributeError):
+        return set(os.environ)
+    names, i = set(), 0
+    while environ[i]:
+        names.add(environ[i].split(b"=", 1)[0].decode(errors="replace"))
+        i += 1
+    return names
+
+
 @contextlib.contextmanager
 def _libtpu_environment(tpu: Slice) -> Iterator[None]:
-    """The environment libtpu reads when it first loads, for the duration of the call: without a TPU VM's
-    metadata it would print warnings about the accelerator type and worker hostnames, and a second process
-    would find the TPU lock file taken. Restored after, so
-    nothing later mistakes this process for a TPU worker (``platform.initialize_distributed``)."""
+    """The environment libtpu reads while it loads and compiles: without a TPU VM's metadata it would print
+    warnings about the accelerator type and worker hostnames, and a second process would find the TPU lock
+    file taken. Afterwards everything is as before, including what libtpu itself set with setenv()
+    (CLOUD_TPU_TASK_ID, TPU_WORKER_ID, ...), so neither this process nor its children later mistake the
+    host for a TPU worker (``platform.initialize_distributed`` would wait for a pod's coordinator)."""
     values = {"TPU_ACCELERATOR_TYPE": f"{tpu.generation.accelerator_type}-{tpu.chips}",
-              "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1",
+              "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0", "TPU_SKIP_MDS_QUERY": "1",
               "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}  # compiling touches no TPU: no lock on /tmp/libtpu_lockfile
     saved = {k: os.environ.get(k) for k in values}
+    before = _c_environment()
     os.environ.update({k: v for k, v in values.items() if saved[k] is None})
     try:
         yield
@@ -171,6 +188,8 @@ def _libtpu_environment(tpu: Slice) -> Iterator[None]:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
+        for name in _c_environment() - before - set(os.environ):
+            os.unsetenv(name)
 
 
 def devices(tpu: Slice) -> list[Any]:
@@ -252,7 +271,8 @@ def analyse(cfg: bench.BenchmarkConfig, tpu: Slice, chips: Sequence[Any] | None 
     jitted, args = bench.abstract_step(cfg, mesh)
     start = time.perf_counter()
     try:
-        compiled = jitted.lower(*args).compile()
+        with _libtpu_environment(tpu):
+            compiled = jitted.lower(*args).compile()
     except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error types)
         sizes = out_of_memory(str(e))
         if sizes is None and "RESOURCE_EXHAUSTED" not in str(e):

@@ -6,6 +6,8 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import benchmark as bench
-from fcn_jax import parallel, topology
+from fcn_jax import parallel, platform, topology
 from fcn_jax.cli import benchmark as bench_cli
 from fcn_jax.inference import label_map
 from test_benchmark import forward_flops
@@ -199,9 +201,15 @@ def test_multi_host_slice_that_does_not_fit():
     tpu = topology.parse_slice("v5e-16")
     chips = topology.devices(tpu)
     assert len(chips) == 16 and {d.process_index for d in chips} == {0, 1}
-    assert "TPU_WORKER_HOSTNAMES" not in os.environ  # libtpu's environment was restored
     cfg = bench.BenchmarkConfig(**{**SMALL, "batch_size": 4096, "image_size": (512, 512)})
     r = topology.analyse(cfg, tpu, chips)
+    # libtpu sets CLOUD_TPU_TASK_ID, TPU_WORKER_ID, ... with setenv(); a child process (a tool a test or user
+    # starts next) must not inherit them, or it would wait for a TPU pod's coordinator (seen in the suite).
+    child = subprocess.run([sys.executable, "-c", "import os; print(sorted(k for k in os.environ if 'TPU_WORKER' in k "
+                            "or k.startswith('CLOUD_TPU') or k == 'TPU_ACCELERATOR_TYPE'))"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "[]"
+    assert not set(platform.CLUSTER_ENV) & set(os.environ)
     assert r["fits"] is False and "memory" not in r
     assert r["needed_bytes"] > r["available_bytes"] > 15 * GIB
     assert r["slice"]["hosts"] == 2 and r["config"]["global_batch"] == 4096 * 16
@@ -227,3 +235,19 @@ def test_topology_without_libtpu_is_one_line(monkeypatch, capsys):
     assert run_cli(["--topology", "v5e-8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs libtpu" in err[0] and 'pip install "jax[tpu]==' in err[0]
+
+
+def test_plan_table_row():
+    """benchmarks/tpu_plan.py's README row from records: largest batch, memory at the first batch, bounds."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import tpu_plan
+    tpu = topology.parse_slice("v5e-8")
+    first = {"fits": True, "memory": {"peak": int(8.44 * GIB)}, "images_per_s_per_chip_bound": 61.3}
+    infer = {"fits": True, "memory": {"peak": int(1.5 * GIB)}, "images_per_s_per_chip_bound": 180.0}
+    search = {"max_batch": 16, "tried": {"8": True, "16": True, "17": False}}
+    assert tpu_plan.row(tpu, "fcn8s", search, first, infer, 612.4) == (
+        "| v5e-8 (v5e:2x4) | fcn8s | 16 | 8.44 of 16 | 61.3 | 1.50 of 16, 180.0 | 4, 612 |")
+    unsearched = {"max_batch": None, "tried": {"8": True}}
+    assert tpu_plan.row(tpu, "fcn8s", unsearched, first, {"fits": False}, 300) == (
+        "| v5e-8 (v5e:2x4) | fcn8s | not searched | 8.44 of 16 | 61.3 | does not fit (16) | 2, 300 |")
