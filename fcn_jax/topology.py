@@ -246,9 +246,10 @@ def analyse(cfg: bench.BenchmarkConfig, tpu: Slice, chips: Sequence[Any] | None 
     """Compiles ``cfg`` (``batch_size`` per chip, data-parallel over the slice) for ``tpu``; nothing runs.
 
     Returns a JSON-ready dict: config, slice (name, topology, chips, hosts, device kind, HBM, bandwidth,
-    bf16 peak), fits, compile_s, and, when it fits, memory (per chip, :func:`memory_record`),
-    flops_per_step and bytes_accessed_per_step (per chip), roofline_step_s and
-    images_per_s_per_chip_bound; when it does not, needed_bytes (from the compiler's message).
+    bf16 peak), fits (whether XLA's TPU compiler placed the program in the chip's HBM), compile_s, and,
+    when it fits, memory (per chip, :func:`memory_record`), flops_per_step and bytes_accessed_per_step
+    (per chip), roofline_step_s and images_per_s_per_chip_bound; when it does not, needed_bytes and
+    available_bytes (from the compiler's message; None where it gives none) and compiler_message.
     ``chips``: the slice's devices (default :func:`devices`).
     """
     chips = devices(tpu) if chips is None else list(chips)
@@ -297,9 +298,9 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
     decided by a compile. From ``cfg.batch_size``, the next candidate is where the line through the two
     batches nearest the boundary reaches the HBM the compiler can use (memory grows linearly with the
     batch; after the first compile, the line through it whose growth is its temporaries), or the
-    midpoint when the last two compiles fell on the same side. Usually 3-5 compiles. Returns {'max_batch': n (0: not even batch 1), 'limit',
-    'tried': {batch: fits}, 'record': :func:`analyse`'s record of that batch (of the smallest tried when
-    none fits)}. ``report(record)`` sees each compile as it finishes."""
+    midpoint when the last two compiles fell on the same side. Usually 3-5 compiles. Returns
+    {'max_batch': n (0: not even batch 1), 'limit', 'tried': {batch: fits}, 'record': :func:`analyse`'s
+    record of that batch (of the smallest tried when none fits)}. ``report(record)`` sees each compile."""
     chips = devices(tpu) if chips is None else list(chips)
     records: dict[int, dict[str, Any]] = {}
     sides: list[bool] = []

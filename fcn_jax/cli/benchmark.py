@@ -94,8 +94,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                           "v4:2x2x1; reports per-chip memory against HBM, FLOPs, bytes and a roofline bound "
                           "from the compiler's analysis (estimates, not measurements); --batch-size is per chip")
     tpu.add_argument("--max-batch", action="store_true",
-                     help="with --topology: find the largest per-chip batch that fits (doubling from "
-                          "--batch-size, then bisecting; one compile each)")
+                     help="with --topology: find the largest per-chip batch that fits, from --batch-size "
+                          "(each candidate one compile, usually 3-5)")
     return parser
 
 
@@ -214,8 +214,8 @@ def plan(args: argparse.Namespace, cfg: bench.BenchmarkConfig) -> int:
 
         result = topology.max_batch(cfg, tpu, chips=chips, report=report)
         print(topology.format_record(result["record"]), file=out)
-        print(f"largest batch per chip that fits: {result['max_batch']}"
-              f"{' (the search limit)' if result['max_batch'] == result['limit'] else ''}", file=out)
+        note = {0: " (not even batch 1)", result["limit"]: " (the search limit)"}.get(result["max_batch"], "")
+        print(f"largest batch per chip that fits: {result['max_batch']}{note}", file=out)
     if args.json:
         write_json(args.json, result)
     return 0
