@@ -201,7 +201,7 @@ def plan(args: argparse.Namespace, cfg: bench.BenchmarkConfig) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout
     what = f"{cfg.variant} {cfg.mode} {cfg.image_size[0]}x{cfg.image_size[1]} {cfg.dtype}"
     print(f"compiling {what} for {tpu.name} ({tpu.topology}, {len(chips)} chips, {tpu.hosts} host"
-          f"{'s' if tpu.hosts != 1 else ''}) on this host; each compile takes a minute or more", file=out, flush=True)
+          f"{'s' if tpu.hosts != 1 else ''}) on this host; a compile can take minutes", file=out, flush=True)
     if not args.max_batch:
         result = topology.analyse(cfg, tpu, chips)
         print(topology.format_record(result), file=out)
