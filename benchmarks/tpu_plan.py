@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"needs libtpu: {topology.INSTALL}")
     if "JAX_PLATFORMS" not in os.environ:
         jax.config.update("jax_platforms", "cpu")
-    print(f"{datetime.date.today().isoformat()}, jax {jax.__version__}, libtpu {topology._libtpu_version()}; "
+    print(f"{datetime.date.today().isoformat()}, jax {jax.__version__}, libtpu {topology.libtpu_version()}; "
           f"compiler analysis, not measurements", flush=True)
     print(HEADER.format(b=args.batch_size, infer="x".join(map(str, args.infer_size))), flush=True)
     records = []
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def report(record: dict[str, Any]) -> None:
                 seen.append(record)
-                state = f"peak {record['memory']['peak'] / GIB:.2f} GiB" if record["fits"] else "does not fit"
-                print(f"  {tpu.name} {variant} train batch {record['config']['batch_size']}/chip: {state} "
-                      f"({record['compile_s']:.0f} s)", file=sys.stderr, flush=True)
+                print(f"  {tpu.name} {variant} train {topology.compile_line(record)}", file=sys.stderr, flush=True)
 
             if args.max_batch:
                 search = topology.max_batch(train, tpu, limit=args.limit, chips=chips, report=report)

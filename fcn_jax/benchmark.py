@@ -273,7 +273,7 @@ def abstract_step(cfg: BenchmarkConfig, mesh: Mesh) -> tuple[Any, tuple[Any, ...
         tcfg = cfg.train_config(global_batch)
         state = abstract_state(tcfg, tcfg.model.build(), mesh)
         batch = {"image": images, **{key: spec(shape, jnp.int32) for key in label_classes(cfg)}}
-        return make_train_step(tcfg, mesh), (state, batch)
+        return make_train_step(tcfg, mesh, state.params), (state, batch)
     model_config = cfg.model_config()
     variables = jax.tree.map(lambda s: spec(s.shape, s.dtype, replicated), variable_shapes(model_config))
     return make_predict_step(model_config, mesh), (variables, images)

@@ -266,7 +266,7 @@ def analyse(cfg: bench.BenchmarkConfig, tpu: Slice, chips: Sequence[Any] | None 
                   "device_kind": kind, "hbm_bytes": gen.hbm_bytes, "hbm_bytes_per_s": gen.hbm_bytes_per_s,
                   "peak_bf16_flops": peak.bfloat16},
         "jax_version": jax.__version__,
-        "libtpu_version": _libtpu_version(),
+        "libtpu_version": libtpu_version(),
         "source": "compiler analysis (XLA TPU cost and memory analysis), not a measurement",
     }
     jitted, args = bench.abstract_step(cfg, mesh)
@@ -357,7 +357,8 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
             "record": records[best]}
 
 
-def _libtpu_version() -> str | None:
+def libtpu_version() -> str | None:
+    """The installed libtpu's version (None: not installed, or no package metadata)."""
     try:
         from importlib.metadata import version
         return version("libtpu")
@@ -366,6 +367,12 @@ def _libtpu_version() -> str | None:
 
 
 # -------------------------------------------------------------------------------------------- report
+
+def compile_line(record: dict[str, Any]) -> str:
+    """One line per compile of a batch search: 'batch 16/chip: fits, peak 14.89 GiB (205 s)'."""
+    state = f"fits, peak {record['memory']['peak'] / GIB:.2f} GiB" if record["fits"] else "does not fit"
+    return f"batch {record['config']['batch_size']}/chip: {state} ({record['compile_s']:.0f} s)"
+
 
 def format_record(record: dict[str, Any]) -> str:
     """A human-readable summary of :func:`analyse`'s record; says that the figures are the compiler's."""

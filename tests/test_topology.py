@@ -239,7 +239,6 @@ def test_topology_without_libtpu_is_one_line(monkeypatch, capsys):
 
 def test_plan_table_row():
     """benchmarks/tpu_plan.py's README row from records: largest batch, memory at the first batch, bounds."""
-    import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import tpu_plan
     tpu = topology.parse_slice("v5e-8")
@@ -251,3 +250,34 @@ def test_plan_table_row():
     unsearched = {"max_batch": None, "tried": {"8": True}}
     assert tpu_plan.row(tpu, "fcn8s", unsearched, first, {"fits": False}, 300) == (
         "| v5e-8 (v5e:2x4) | fcn8s | not searched | 8.44 of 16 | 61.3 | does not fit (16) | 2, 300 |")
+
+
+def test_cli_max_batch_prints_each_compile_and_the_largest(monkeypatch, tmp_path, capsys):
+    """benchmark.py --topology --max-batch: one line per compile and "largest batch per chip that fits: N",
+    N the brute-force boundary of the compiler stand-in (fixed 1 GiB + 1 GiB per image of 15.75), in the JSON too."""
+    def fake_analyse(cfg, tpu, chips):
+        need = (1 + cfg.batch_size) * GIB
+        record = {"config": {**dataclasses.asdict(cfg), "image_size": list(cfg.image_size),
+                             "global_batch": cfg.batch_size * 8}, "compile_s": 1.0, "fits": need <= 15.75 * GIB,
+                  "slice": {"name": tpu.name, "topology": tpu.topology, "chips": 8, "hosts": 1,
+                            "device_kind": "TPU v5 lite", "hbm_bytes": 16 * GIB, "hbm_bytes_per_s": 819e9,
+                            "peak_bf16_flops": 197e12}, "jax_version": jax.__version__, "libtpu_version": None}
+        if record["fits"]:
+            record.update(memory={"peak": need, "temp": cfg.batch_size * GIB}, flops_per_step=1e12,
+                          bytes_accessed_per_step=1e9, roofline_step_s=0.01, images_per_s_per_chip_bound=1.0)
+        else:
+            record.update(needed_bytes=need, available_bytes=int(15.75 * GIB), compiler_message="RESOURCE_EXHAUSTED")
+        return record
+
+    monkeypatch.setattr(topology, "available", lambda: True)
+    monkeypatch.setattr(topology, "devices", lambda tpu: [None] * tpu.chips)
+    monkeypatch.setattr(topology, "analyse", fake_analyse)
+    out = tmp_path / "search.json"
+    assert bench_cli.main(["--topology", "v5e-8", "--max-batch", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    truth = max(b for b in range(1, 100) if 1 + b <= 15.75)
+    assert lines[-1] == f"largest batch per chip that fits: {truth}"
+    tried = json.loads(out.read_text())["tried"]
+    assert sorted((line for line in lines if line.startswith("batch ")), key=lambda l: int(l.split()[1].split("/")[0])) == [
+        f"batch {b}/chip: " + (f"fits, peak {1 + int(b):.2f} GiB" if fits else "does not fit") + " (1 s)"
+        for b, fits in tried.items()]

@@ -207,10 +207,7 @@ def plan(args: argparse.Namespace, cfg: bench.BenchmarkConfig) -> int:
         print(topology.format_record(result), file=out)
     else:
         def report(record: dict[str, Any]) -> None:
-            c = record["config"]
-            state = (f"fits, peak {record['memory']['peak'] / topology.GIB:.2f} GiB" if record["fits"]
-                     else "does not fit")
-            print(f"batch {c['batch_size']}/chip: {state} ({record['compile_s']:.0f} s)", file=out, flush=True)
+            print(topology.compile_line(record), file=out, flush=True)
 
         result = topology.max_batch(cfg, tpu, chips=chips, report=report)
         print(topology.format_record(result["record"]), file=out)
