@@ -4,7 +4,9 @@ The images are synthetic with VOC's size distribution (one side 500 px (``--long
 uniformly from ``--short-side`` low..high, landscape 3 times in 4), random pixels and labels. Both ways run the same
 images in the same order on the same parameters in one process; what is printed per way: the distinct
 batch shapes the step was compiled for (one program each), the seconds jax spent tracing, lowering and
-compiling (every program of the run: ``jax.monitoring`` compile events), the wall time, and how the
+compiling, or reloading from the persistent compilation cache (on, in a fresh directory, as ``train.py`` runs:
+at most ``fcn_jax.programs.LIVE_PROGRAMS`` sizes stay loaded; every program of the run: ``jax.monitoring``
+events), the wall time, and how the
 results compare (evaluation: the confusion matrices and every prediction; training: each step's loss and
 the final parameters, dropout off because its masks are drawn for the map's shape).
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fcn_jax import parallel  # noqa: E402
+from fcn_jax import parallel, platform  # noqa: E402
 from fcn_jax.config import DTYPES, ModelConfig  # noqa: E402
 from fcn_jax.configs import get_config  # noqa: E402
 from fcn_jax.data.pipeline import TrainInput, train_iterator  # noqa: E402
@@ -36,7 +39,7 @@ from fcn_jax.models import VARIANTS, maskable  # noqa: E402
 from fcn_jax.train_lib import create_train_state, init_variables, make_train_step  # noqa: E402
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+                  "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
 
 
 def voc_sizes(count: int, short_side: tuple[int, int], seed: int, long_side: int = 500) -> list[tuple[int, int]]:
@@ -60,7 +63,7 @@ def examples(sizes: Sequence[tuple[int, int]], num_classes: int, seed: int) -> l
 
 
 class CompileClock:
-    """Seconds jax spends compiling (trace + lower + XLA) while active."""
+    """Seconds jax spends compiling (trace + lower + XLA, or reloading from the persistent cache) while active."""
 
     def __init__(self) -> None:
         self.seconds, self.active = 0.0, False
@@ -143,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--images, --batch-size, --bucket-multiple and --long-side must be >= 1, --train-steps >= 0, "
                      "--short-side LOW <= HIGH, both >= 1")
 
+    # as train.py and eval.py run: a size compiled before is reloaded from the persistent cache (a fresh
+    # directory, so every first compilation is counted), since at most LIVE_PROGRAMS sizes stay loaded
+    platform.enable_compilation_cache(tempfile.mkdtemp(prefix="exact_buckets_xla_"))
     clock = CompileClock()
     model_cfg = ModelConfig(variant=args.variant, num_classes=21, width=args.width, dtype=args.dtype,
                             dropout_rate=0.0)

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from fcn_jax.inference import class_scores, label_map
 from fcn_jax.metrics import ConfusionAccumulator, confusion_matrix, scores
 from fcn_jax.parallel import check_batch_size, data_sharding, make_mesh, put_replicated, replicated
+from fcn_jax.programs import bounded_jit
 from fcn_jax.models.outputs import LABEL, Output, evaluated
 from fcn_jax.models.registry import evaluated_outputs
 from fcn_jax.variables import as_variables
@@ -107,7 +108,7 @@ def _compiled_step(model: FCN, outputs: tuple[tuple[str, str, int], ...], mesh: 
         return {name: confusion_matrix(labels[key], preds[name], n) for name, key, n in outputs}, preds
 
     rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data, data, data, data), out_shardings=(rep, data))
+    return bounded_jit(step, in_shardings=(rep, data, data, data, data), out_shardings=(rep, data))
 
 
 @dataclasses.dataclass

@@ -48,6 +48,7 @@ from fcn_jax.images import load_image
 from fcn_jax.loading import load
 from fcn_jax.models.registry import main_output, require
 from fcn_jax.preprocess import check_convention, preprocess
+from fcn_jax.programs import bounded_jit
 from fcn_jax.variables import as_variables
 
 
@@ -256,8 +257,8 @@ class Inference:
                 return label, None
             return label, (jax.nn.softmax(out, axis=-1) if single else out)
 
-        self._run = jax.jit(run, static_argnums=2)
-        self._scores = jax.jit(scores)  # (H, W, C) class scores of one image or window
+        self._run = bounded_jit(run, static_argnums=2)
+        self._scores = bounded_jit(scores)  # (H, W, C) class scores of one image or window
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, step: str | int = "best", dtype: str | None = None,

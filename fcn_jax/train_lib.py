@@ -34,6 +34,7 @@ from fcn_jax.models import final_upsampler_names, initial_variables, maskable, r
 from fcn_jax.models import outputs as model_outputs
 from fcn_jax.models.outputs import SEGMENTATION, SIZES, Output, evaluated, label_fields
 from fcn_jax.preprocess import convention_family
+from fcn_jax.programs import bounded_jit
 from fcn_jax.runlog import RunLog
 from fcn_jax.variables import PARAMS, as_variables, join, model_state
 
@@ -393,14 +394,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, pieces: StepPi
 def make_train_step(cfg: TrainConfig, mesh: Mesh, params: Any | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """:func:`train_step` with ``cfg``'s :class:`StepPieces`, jitted over ``mesh``: state replicated and
-    donated, batch split on 'data'. ``params``: the model's parameter tree or its shapes (default: from
-    ``jax.eval_shape`` of the model's init), for the frozen mask."""
+    donated, batch split on 'data'; at most ``LIVE_PROGRAMS`` batch shapes compiled at a time
+    (:func:`fcn_jax.programs.bounded_jit`). ``params``: the model's parameter tree or its shapes (default:
+    from ``jax.eval_shape`` of the model's init), for the frozen mask."""
     if params is None:
         params = jax.eval_shape(lambda: init_variables(cfg, cfg.model.build()))[PARAMS]
-    return jax.jit(functools.partial(train_step, pieces=step_pieces(cfg, params)),
-                   in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                   donate_argnums=0)
+    return bounded_jit(functools.partial(train_step, pieces=step_pieces(cfg, params)),
+                       in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+                       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                       donate_argnums=0)
 
 
 # ------------------------------------------------------------------------------------ initialisation

@@ -74,6 +74,7 @@ from PIL import Image
 
 from fcn_jax.models.outputs import LABEL, SEGMENTATION, SIZES
 from fcn_jax.preprocess import DEPTH, IMAGE, VOID, check_convention, check_inputs, compose, input_fields
+from fcn_jax.programs import bounded_jit
 
 MODES = ("reference", "modern")
 SAMPLINGS = ("epoch", "replacement")
@@ -359,7 +360,7 @@ def _device_preprocessor(convention: str, sharding: jax.sharding.Sharding | None
                          label_keys: tuple[str, ...]) -> Callable:
     """The jitted :func:`_preprocess_rows`, its outputs keeping the batch sharding."""
     body = functools.partial(_preprocess_rows, convention=convention, inputs=inputs, label_keys=label_keys)
-    return jax.jit(body) if sharding is None else jax.jit(body, out_shardings=sharding)
+    return bounded_jit(body) if sharding is None else bounded_jit(body, out_shardings=sharding)
 
 
 def device_batch(host: HostBatch, convention: str, sharding: jax.sharding.Sharding | None = None,
