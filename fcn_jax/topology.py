@@ -298,7 +298,9 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
     decided by a compile. From ``cfg.batch_size``, the next candidate is where the line through the two
     batches nearest the boundary reaches the HBM the compiler can use (memory grows linearly with the
     batch; after the first compile, the line through it whose growth is its temporaries), or the
-    midpoint when the last two compiles fell on the same side. Usually 3-5 compiles. Returns
+    midpoint when the last two compiles fell on the same side, or when the line is less than half as
+    steep as the first compile's temporaries per image (near its limit XLA rematerialises, so memory
+    stops growing with the batch and the line would overshoot). Usually 3-5 compiles, up to 14. Returns
     {'max_batch': n (0: not even batch 1), 'limit', 'tried': {batch: fits}, 'record': :func:`analyse`'s
     record of that batch (of the smallest tried when none fits)}. ``report(record)`` sees each compile."""
     chips = devices(tpu) if chips is None else list(chips)
@@ -308,6 +310,12 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
 
     def peak(record: dict[str, Any]) -> int | None:
         return record["memory"]["peak"] if record["fits"] else record.get("needed_bytes")
+
+    def growth() -> float:
+        """Bytes per image of the first compile's temporaries: how memory grows while nothing is remated."""
+        first = records[next(iter(records))]
+        temp = first.get("memory", {}).get("temp") if first["fits"] else None
+        return temp / first["config"]["batch_size"] if temp else 0.0
 
     def guess(low: int, high: int) -> int:
         bracketed = low > 0 and high <= limit
@@ -329,8 +337,8 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
         usable = next((r["available_bytes"] for r in records.values() if r.get("available_bytes")),
                       tpu.generation.hbm_bytes)
         slope = (p1 - p0) / (b1 - b0)
-        if slope <= 0:
-            return (low + min(high, limit + 1)) // 2 if high <= limit else 2 * low
+        if slope <= 0 or slope < growth() / 2:  # flattening: the compiler trades recomputation for memory
+            return (low + high) // 2 if high <= limit else min(2 * low, limit)  # near the limit, so bisect
         line = int(b0 + (usable - p0) // slope)
         if line > low:
             return line

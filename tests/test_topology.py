@@ -130,6 +130,39 @@ def test_max_batch_search_finds_the_boundary(monkeypatch, fixed_gib, per_image_g
     assert result["record"]["config"]["batch_size"] == (truth or min(calls))
 
 
+@pytest.mark.parametrize("per_image_gib, start", [(0.8, 8), (0.1, 8), (0.8, 40)])
+def test_max_batch_search_when_the_compiler_rematerialises(monkeypatch, per_image_gib, start):
+    """A compiler like XLA:TPU near HBM's limit (seen for fcn8s on v4-8: peak 28.47 GiB at batch 33,
+    28.49 at 37): linear until 90% of HBM, then it recomputes instead of storing, so the reported peak
+    barely grows while the batch still fits well beyond; the search still finds the brute-force
+    boundary in few compiles, without jumping to the limit on the flat part's line."""
+    usable, limit, fixed, calls = 31.5 * GIB, 1024, 1.0 * GIB, []
+    knee = (0.9 * usable - fixed) / (per_image_gib * GIB)  # the batch where recomputation starts
+
+    def needs(b):  # bytes with recomputation: an eighth of the per-image cost beyond the knee
+        return fixed + min(b, knee) * per_image_gib * GIB + max(b - knee, 0) * per_image_gib * GIB / 8
+
+    def reported(b):  # the peak the compiler reports when it fits: flat beyond the knee
+        return min(fixed + b * per_image_gib * GIB, 0.9 * usable + max(b - knee, 0) * 1e-3 * GIB)
+
+    def fake_analyse(cfg, tpu, chips):
+        b = cfg.batch_size
+        calls.append(b)
+        if needs(b) <= usable:
+            return {"fits": True, "memory": {"peak": int(reported(b)), "temp": int(b * per_image_gib * GIB)},
+                    "config": {"batch_size": b}}
+        return {"fits": False, "needed_bytes": int(needs(b)), "available_bytes": int(usable),
+                "config": {"batch_size": b}}
+
+    monkeypatch.setattr(topology, "analyse", fake_analyse)
+    result = topology.max_batch(bench.BenchmarkConfig(batch_size=start), topology.parse_slice("v4-8"),
+                                limit=limit, chips=[None])
+    truth = max([b for b in range(1, limit + 1) if needs(b) <= usable], default=0)
+    assert result["max_batch"] == truth
+    assert len(calls) == len(set(calls)) <= 14, calls  # bisection once flat: log2 of the bracket
+    assert max(calls) <= 4 * truth, calls  # no jump along the flat line
+
+
 def test_label_map_is_numpys_argmax():
     """label_map (max + first index, for XLA:TPU's compile time) equals NumPy's argmax, NaN and ties too."""
     rng = np.random.default_rng(0)
