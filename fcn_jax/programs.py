@@ -58,6 +58,8 @@ class BoundedJit:
         return self.jitted(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "jitted":  # not set yet (a failed __init__, copy): no recursion
+            raise AttributeError(name)
         return getattr(self.jitted, name)
 
 
