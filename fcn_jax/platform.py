@@ -113,6 +113,26 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                               f"all join within {timeout} s ({reason})") from None
 
 
+def skip_absent_tpu(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """With libtpu installed (the dev requirements bring it, for compile-only TPU planning) on a host with
+    no TPU chip, jax's first device query starts the TPU runtime anyway, which prints half a dozen lines
+    of libtpu errors before jax falls back to the CPU. On such a host with no GPU either, and when neither
+    ``JAX_PLATFORMS`` nor ``jax_platforms`` chooses, this sets ``jax_platforms`` to 'cpu' and returns it;
+    None: left to jax (no libtpu, a TPU chip or a GPU present, a choice already made, or a jax whose
+    hardware probes moved)."""
+    if environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+        return None
+    try:
+        from jax._src import cloud_tpu_init, hardware_utils
+        if (cloud_tpu_init.get_tpu_library_path() is None or hardware_utils.num_available_tpu_chips_and_device_id()[0]
+                or hardware_utils.has_visible_nvidia_gpu() or hardware_utils.num_available_amd_gpus(stop_at=1)):
+            return None
+    except (ImportError, AttributeError, TypeError):
+        return None
+    jax.config.update("jax_platforms", "cpu")
+    return "cpu"
+
+
 def quiet_third_party_logs() -> None:
     """Keeps Orbax's and tfds's routine notices (logged through absl) off the console."""
     try:
@@ -126,9 +146,10 @@ def quiet_third_party_logs() -> None:
 def setup(coordinator_address: str | None = None, num_processes: int | None = None,
           process_id: int | None = None, *, compilation_cache: bool = True,
           distributed_timeout: int = DISTRIBUTED_TIMEOUT, verbose: bool = False) -> None:
-    """Everything a tool does before touching a device: CPU XLA flags, the compilation cache, quiet
-    third-party logs (unless ``verbose``) and (for multi-process runs) ``jax.distributed``."""
+    """Everything a tool does before touching a device: CPU XLA flags, no start of an absent TPU
+    (:func:`skip_absent_tpu`), the compilation cache, quiet third-party logs (unless ``verbose``) and (for multi-process runs) ``jax.distributed``."""
     apply_cpu_xla_flags()
+    skip_absent_tpu()
     if compilation_cache:
         enable_compilation_cache()
     if not verbose:
