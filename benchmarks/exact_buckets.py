@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # as train.py and eval.py run: a size compiled before is reloaded from the persistent cache (a fresh
     # directory, so every first compilation is counted), since at most LIVE_PROGRAMS sizes stay loaded
+    platform.skip_absent_tpu()
     platform.enable_compilation_cache(tempfile.mkdtemp(prefix="exact_buckets_xla_"))
     clock = CompileClock()
     model_cfg = ModelConfig(variant=args.variant, num_classes=21, width=args.width, dtype=args.dtype,
