@@ -147,7 +147,8 @@ def setup(coordinator_address: str | None = None, num_processes: int | None = No
           process_id: int | None = None, *, compilation_cache: bool = True,
           distributed_timeout: int = DISTRIBUTED_TIMEOUT, verbose: bool = False) -> None:
     """Everything a tool does before touching a device: CPU XLA flags, no start of an absent TPU
-    (:func:`skip_absent_tpu`), the compilation cache, quiet third-party logs (unless ``verbose``) and (for multi-process runs) ``jax.distributed``."""
+    (:func:`skip_absent_tpu`), the compilation cache, quiet third-party logs (unless ``verbose``) and
+    (for multi-process runs) ``jax.distributed``."""
     apply_cpu_xla_flags()
     skip_absent_tpu()
     if compilation_cache:
