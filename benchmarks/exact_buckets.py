@@ -146,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--images, --batch-size, --bucket-multiple and --long-side must be >= 1, --train-steps >= 0, "
                      "--short-side LOW <= HIGH, both >= 1")
 
+    platform.skip_absent_tpu()
     # as train.py and eval.py run: a size compiled before is reloaded from the persistent cache (a fresh
     # directory, so every first compilation is counted), since at most LIVE_PROGRAMS sizes stay loaded
-    platform.skip_absent_tpu()
     platform.enable_compilation_cache(tempfile.mkdtemp(prefix="exact_buckets_xla_"))
     clock = CompileClock()
     model_cfg = ModelConfig(variant=args.variant, num_classes=21, width=args.width, dtype=args.dtype,

@@ -312,7 +312,7 @@ def max_batch(cfg: bench.BenchmarkConfig, tpu: Slice, limit: int = 1024,
         return record["memory"]["peak"] if record["fits"] else record.get("needed_bytes")
 
     def growth() -> float:
-        """Bytes per image of the first compile's temporaries: how memory grows while nothing is remated."""
+        """Bytes per image of the first compile's temporaries: how memory grows before XLA rematerialises."""
         first = records[next(iter(records))]
         temp = first.get("memory", {}).get("temp") if first["fits"] else None
         return temp / first["config"]["batch_size"] if temp else 0.0
